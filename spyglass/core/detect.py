@@ -13,8 +13,8 @@ Input is pre-binned by the pipeline: per flow (device, remote IP, protocol, remo
 bytes, and downstream frame bytes. A run of activity on a flow ends after ``gap_s`` without
 upstream media; a run is an upload when it filled at least ``min_active_bins`` bins with media
 and carried at least ``min_bytes`` and ``min_packets``. Decision latency: a run is judged
-``gap_s`` (1 s) after its last media packet, so a live upload is reported within ~1 s of its end; that it is
-under way is known once ``min_active_bins`` bins (1.2 s) have filled.
+``gap_s`` (1 s) after its last media packet, so a live upload is reported within ~1 s of its
+end; that it is under way is known once ``min_active_bins`` bins (1.2 s) have filled.
 """
 
 from __future__ import annotations
