@@ -40,6 +40,7 @@ SIOCGIFFLAGS = 0x8913
 SIOCGIFINDEX = 0x8933
 IFF_UP = 0x1
 ARPHRD_ETHER = 1
+ARPHRD_LOOPBACK = 772  # frames carry a zeroed Ethernet header
 
 DEFAULT_SNAPLEN = 262_144  # tcpdump's default: whole frames, including GSO super-frames
 DEFAULT_RCVBUF = 32 << 20  # the default ~200 KB drops 0.4-7 % at 100k pps
@@ -147,7 +148,7 @@ class LiveCapture:
                     raise InterfaceGone(self.ifname, "does not exist") from None
                 raise
             hatype = sock.getsockname()[3]
-            if hatype != ARPHRD_ETHER:
+            if hatype not in (ARPHRD_ETHER, ARPHRD_LOOPBACK):
                 raise ValueError(
                     f"interface {self.ifname!r} is not Ethernet (ARPHRD {hatype}); "
                     "only Ethernet interfaces can be captured live"
@@ -209,8 +210,6 @@ class LiveCapture:
         disappeared, after handing out the frames that arrived before."""
         if self._sock.fileno() < 0:
             raise ValueError(f"capture on {self.ifname!r} is closed")
-        if self._pending is not None:
-            self._gone, self._pending = self._pending, None
         if self._gone is not None:
             raise self._gone
         deadline = time.monotonic() + max(0.0, timeout_s)
@@ -229,7 +228,7 @@ class LiveCapture:
                 # MSG_TRUNC: the return value is the frame's full length even when cut.
                 n, anc, _flags, _addr = recv([mv[used : used + snap]], ancsize, socket.MSG_TRUNC)
             except BlockingIOError:
-                if offsets:
+                if offsets or self._pending is not None:
                     break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -239,12 +238,10 @@ class LiveCapture:
             except OSError as exc:
                 if exc.errno not in _GONE_ERRNOS:
                     raise
-                gone = InterfaceGone(self.ifname, self._why_down())
-                if not offsets:
-                    self._gone = gone
-                    raise gone from None
-                self._pending = gone
-                break
+                # The error comes before any frames still queued: drain them first, and
+                # raise on the next call (or now, when there were none).
+                self._pending = InterfaceGone(self.ifname, self._why_down())
+                continue
             if anc:
                 sec, nsec = unpack_ts(anc[0][2])
                 stamps.append(sec + nsec * 1e-9)
@@ -256,6 +253,9 @@ class LiveCapture:
             wirelens.append(n)
             used += cap
         count = len(offsets)
+        if not count and self._pending is not None:
+            self._gone, self._pending = self._pending, None
+            raise self._gone
         return FrameBatch(
             buf=bytes(mv[:used]),
             offset=np.array(offsets, dtype=np.int64),

@@ -1,0 +1,259 @@
+"""LiveCapture on the lab's gateway: what the speaker sends is what the capture sees."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from spyglass.capture import (
+    CaptureStats,
+    InterfaceGone,
+    LiveCapture,
+    check_capture_privileges,
+    compile_filter,
+    interface_subnets,
+)
+from spyglass.capture.bpf import _compile_with_scapy, _compile_with_tcpdump
+from spyglass.capture.privileges import effective_capabilities
+from spyglass.core.frames import FrameBatch
+from tests.netlab.lan import (
+    CLOUD_IP,
+    GATEWAY_LAN_IF,
+    SPEAKER_IP,
+    VENDOR_HOSTS,
+    HomeLan,
+    lan_or_skip,
+)
+
+pytestmark = pytest.mark.root
+
+GOOGLE = VENDOR_HOSTS["www.google.com"]
+APPLE = VENDOR_HOSTS["guzzoni.apple.com"]
+
+
+@pytest.fixture(scope="module")
+def lan() -> Iterator[HomeLan]:
+    with lan_or_skip() as lab:
+        yield lab
+
+
+def gateway_capture(lan: HomeLan, bpf: str | None, ifname: str = GATEWAY_LAN_IF) -> LiveCapture:
+    return lan.call(lan.gateway, LiveCapture, ifname, bpf)
+
+
+def ipv4_frames(batch: FrameBatch) -> Iterator[tuple[str, str, int, int, int, int, bytes]]:
+    """(src, dst, proto, sport, dport, transport payload length, tcp flags) of IPv4 frames."""
+    for i in range(len(batch)):
+        off = int(batch.offset[i])
+        frame = batch.buf[off : off + int(batch.caplen[i])]
+        if struct.unpack_from("!H", frame, 12)[0] != 0x0800:
+            continue
+        ihl = (frame[14] & 0x0F) * 4
+        total, proto = struct.unpack_from("!H", frame, 16)[0], frame[23]
+        src, dst = socket.inet_ntoa(frame[26:30]), socket.inet_ntoa(frame[30:34])
+        l4 = 14 + ihl
+        sport, dport = struct.unpack_from("!HH", frame, l4)
+        if proto == 6:
+            hdr, flags = (frame[l4 + 12] >> 4) * 4, frame[l4 + 13 : l4 + 14]
+        else:
+            hdr, flags = 8, b""
+        yield src, dst, proto, sport, dport, total - ihl - hdr, flags
+
+
+def read_until(cap: LiveCapture, done: object, seconds: float = 10) -> list[FrameBatch]:
+    """Batches until ``done(batches)`` holds or the time runs out (a bound, not a measurement)."""
+    batches: list[FrameBatch] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        batch = cap.read_batch(timeout_s=0.1)
+        if len(batch):
+            batches.append(batch)
+        if callable(done) and done(batches):
+            break
+    return batches
+
+
+def test_tcp_bytes_seen_match_bytes_sent(lan: HomeLan) -> None:
+    sink = lan.start_tcp_sink(port=9001)
+    payload = bytes(range(256)) * 1000  # 256,000 bytes
+    with gateway_capture(lan, "tcp and port 9001") as cap:
+        client = lan.socket(lan.speaker)
+        client.settimeout(10)
+        client.connect((CLOUD_IP, 9001))
+        client.sendall(payload)
+        client.close()
+        assert sink.wait_bytes(len(payload))
+
+        def upstream(batches: list[FrameBatch]) -> tuple[int, bool]:
+            sent, fin = 0, False
+            for b in batches:
+                for src, _dst, _p, _sp, _dp, n, flags in ipv4_frames(b):
+                    if src == SPEAKER_IP:
+                        sent += n
+                        fin = fin or bool(flags[0] & 0x01)
+            return sent, fin
+
+        batches = read_until(cap, lambda bs: upstream(bs) == (len(payload), True))
+        assert upstream(batches) == (len(payload), True)
+        # The filter let nothing else through: only port 9001, only TCP.
+        for b in batches:
+            assert all(p == 6 and 9001 in (sp, dp) for _s, _d, p, sp, dp, _n, _f in ipv4_frames(b))
+            assert len(list(ipv4_frames(b))) == len(b)
+            assert (b.wirelen >= b.caplen).all()
+            assert (b.linktype == 1).all()
+
+
+def test_udp_counts_bytes_and_stats(lan: HomeLan) -> None:
+    sink = lan.start_udp_sink(host="0.0.0.0", port=4430)
+    sizes = [40 + (i * 37) % 1200 for i in range(500)]
+    with gateway_capture(lan, "udp and dst port 4430") as cap:
+        before = time.time()
+        sender = lan.socket(lan.speaker, socket.AF_INET, socket.SOCK_DGRAM)
+        with sender:
+            for n in sizes:
+                sender.sendto(b"q" * n, (GOOGLE, 4430))
+        assert sink.wait_bytes(sum(sizes))
+        batches = read_until(cap, lambda bs: sum(len(b) for b in bs) >= len(sizes))
+        after = time.time()
+        frames = [f for b in batches for f in ipv4_frames(b)]
+        assert [f[5] for f in frames] == sizes  # same order, same payloads
+        assert sum(int(b.wirelen.sum()) for b in batches) == sum(sizes) + 42 * len(sizes)
+        stamps = [t for b in batches for t in b.ts.tolist()]
+        assert stamps == sorted(stamps)
+        assert before - 1 <= stamps[0] and stamps[-1] <= after + 1
+        assert cap.stats() == CaptureStats(packets=len(sizes), drops=0)
+        assert cap.stats() == CaptureStats(packets=len(sizes), drops=0)  # accumulates, no reset
+
+
+def test_filter_restricts_to_one_host(lan: HomeLan) -> None:
+    lan.start_udp_sink(host="0.0.0.0", port=4431)
+    with gateway_capture(lan, f"host {GOOGLE}") as cap:
+        sender = lan.socket(lan.speaker, socket.AF_INET, socket.SOCK_DGRAM)
+        with sender:
+            for i in range(30):
+                sender.sendto(b"x" * 100, (GOOGLE if i % 3 == 0 else APPLE, 4431))
+        batches = read_until(cap, lambda bs: sum(len(b) for b in bs) >= 10, seconds=5)
+        batches += read_until(cap, None, seconds=0.3)  # anything the filter wrongly let in
+        frames = [f for b in batches for f in ipv4_frames(b)]
+        assert len(frames) == 10
+        assert {f[1] for f in frames} == {GOOGLE}
+
+
+def test_read_batch_bounds(lan: HomeLan) -> None:
+    lan.start_udp_sink(host="0.0.0.0", port=4432)
+    with gateway_capture(lan, "udp and dst port 4432") as cap:
+        empty = cap.read_batch(timeout_s=0.05)
+        assert len(empty) == 0 and empty.buf == b""
+        sender = lan.socket(lan.speaker, socket.AF_INET, socket.SOCK_DGRAM)
+        with sender:
+            for _ in range(25):
+                sender.sendto(b"z" * 10, (CLOUD_IP, 4432))
+        first = read_until(cap, lambda bs: len(bs) >= 1)
+        assert sum(len(b) for b in first) >= 1
+        rest = cap.read_batch(max_frames=3, timeout_s=1)
+        assert len(rest) <= 3
+
+
+def test_interface_removal_raises_interface_gone(lan: HomeLan) -> None:
+    lan.run(lan.gateway, "ip", "link", "add", "tap0", "type", "veth", "peer", "name", "tap1")
+    lan.run(lan.gateway, "ip", "link", "set", "tap0", "up")
+    lan.run(lan.gateway, "ip", "link", "set", "tap1", "up")
+    cap = gateway_capture(lan, "ether proto 0x88b5", ifname="tap0")
+    try:
+        inject = lan.call(lan.gateway, socket.socket, socket.AF_PACKET, socket.SOCK_RAW, 0)
+        with inject:
+            inject.bind(("tap1", 0))
+            frame = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + b"\x88\xb5" + b"spyglass" * 8
+            for _ in range(5):
+                inject.send(frame)
+        end = time.monotonic() + 5  # let the veth deliver before the unplug
+        while cap.stats().packets < 5 and time.monotonic() < end:
+            time.sleep(0.01)
+        lan.delete_link(lan.gateway, "tap0")
+        seen = 0
+        with pytest.raises(InterfaceGone, match="'tap0' was removed") as info:
+            for _ in range(10):
+                seen += len(cap.read_batch(timeout_s=0.5))
+        assert seen == 5  # what was queued before the removal is handed out first
+        assert info.value.ifname == "tap0"
+        with pytest.raises(InterfaceGone):
+            cap.read_batch()
+        with pytest.raises(InterfaceGone, match="gave up after 2 tries"):
+            cap.reopen(attempts=2, delay_s=0.01)
+        # Plugged back in: reopen (from this thread, in the host namespace) finds it in the
+        # gateway namespace where the capture was opened.
+        lan.run(lan.gateway, "ip", "link", "add", "tap0", "type", "veth", "peer", "name", "tap1")
+        lan.run(lan.gateway, "ip", "link", "set", "tap0", "up")
+        lan.run(lan.gateway, "ip", "link", "set", "tap1", "up")
+        cap.reopen(attempts=2, delay_s=0.01)
+        inject = lan.call(lan.gateway, socket.socket, socket.AF_PACKET, socket.SOCK_RAW, 0)
+        with inject:
+            inject.bind(("tap1", 0))
+            inject.send(frame)
+        batches = read_until(cap, lambda bs: len(bs) >= 1, seconds=5)
+        assert sum(len(b) for b in batches) == 1
+        assert cap.stats().packets == 6
+    finally:
+        cap.close()
+        lan.run(lan.gateway, "ip", "link", "del", "tap0", check=False)
+
+
+def test_missing_and_non_ethernet_interfaces(lan: HomeLan) -> None:
+    with pytest.raises(InterfaceGone, match="'nosuch0' does not exist"):
+        gateway_capture(lan, None, ifname="nosuch0")
+    lan.run(lan.gateway, "ip", "tuntap", "add", "mode", "tun", "name", "tun7")
+    try:
+        with pytest.raises(ValueError, match="not Ethernet"):
+            gateway_capture(lan, None, ifname="tun7")
+    finally:
+        lan.run(lan.gateway, "ip", "link", "del", "tun7", check=False)
+
+
+def test_interface_subnets(lan: HomeLan) -> None:
+    assert interface_subnets(GATEWAY_LAN_IF, netns=lan.gateway) == ["10.77.0.0/24", "fd77::/64"]
+    with_ll = interface_subnets(GATEWAY_LAN_IF, netns=lan.gateway, include_link_local=True)
+    assert "fe80::/64" in with_ll
+    with pytest.raises(ValueError, match="no interface named 'nosuch0'"):
+        interface_subnets("nosuch0", netns=lan.gateway)
+
+
+def test_bad_filter_is_a_clear_value_error() -> None:
+    with pytest.raises(ValueError, match=r"bad capture filter 'hots 10\.0\.0\.1': .*syntax error"):
+        compile_filter("hots 10.0.0.1")
+    with pytest.raises(ValueError, match="bad capture filter"):
+        _compile_with_tcpdump("hots 10.0.0.1", 1)
+    with pytest.raises(ValueError, match="empty capture filter"):
+        compile_filter("  ")
+    with pytest.raises(ValueError, match="not a valid interface name"):
+        LiveCapture("x" * 20)
+
+
+def test_both_compilers_agree() -> None:
+    for expr in ("host 10.77.0.2", "tcp port 443 or udp port 443", "ether proto 0x88b5"):
+        # Same libpcap code; only the snaplen in the accepting returns differs.
+        a, b = _compile_with_scapy(expr, 1), _compile_with_tcpdump(expr, 1)
+        assert [(c, jt, jf, k if c != 0x06 else bool(k)) for c, jt, jf, k in a] == [
+            (c, jt, jf, k if c != 0x06 else bool(k)) for c, jt, jf, k in b
+        ]
+    prog = compile_filter("udp")
+    assert len(prog.pack()) == 8 * len(prog.insns)
+    # Accepting returns are widened so the kernel never cuts frames at libpcap's snaplen.
+    assert all(k in (0, 0xFFFF_FFFF) for code, _jt, _jf, k in prog.insns if code == 0x06)
+
+
+def test_privileges(tmp_path: Path) -> None:
+    assert check_capture_privileges() is None  # as root
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nCapEff:\t0000000000000000\n")
+    msg = check_capture_privileges(status)
+    assert msg is not None and "sudo setcap cap_net_raw,cap_net_admin+eip" in msg
+    assert "\n" not in msg
+    status.write_text("CapEff:\t0000000000002000\n")  # CAP_NET_RAW alone is enough
+    assert check_capture_privileges(status) is None
+    assert effective_capabilities("CapEff:\tzz\n") == 0
+    assert effective_capabilities("") == 0
