@@ -295,7 +295,7 @@ class HomeLan:
             self._tls_files = make_self_signed(Path(self._tmp.name), list(VENDOR_HOSTS))
         return self._tls_files
 
-    def _listener(self, host: str, port: int) -> socket.socket:
+    def _listener(self, host: str, port: int) -> Socket:
         sock = self.socket(self.cloud)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
