@@ -12,9 +12,11 @@ Input is pre-binned by the pipeline: per flow (device, remote IP, protocol, remo
 100 ms, the upstream media packets (payload >= ``min_payload``), their bytes, all upstream frame
 bytes, and downstream frame bytes. A run of activity on a flow ends after ``gap_s`` without
 upstream media; a run is an upload when it filled at least ``min_active_bins`` bins with media
-and carried at least ``min_bytes`` and ``min_packets``. Decision latency: a run is judged
-``gap_s`` (1 s) after its last media packet, so a live upload is reported within ~1 s of its
-end; that it is under way is known once ``min_active_bins`` bins (1.2 s) have filled.
+and carried at least ``min_bytes`` and ``min_packets``; one device's uploads less than
+``merge_gap_s`` apart are one utterance. Decision latency: a run is judged ``gap_s`` (1 s) after
+its last media packet and reported once ``merge_gap_s`` (1.8 s) has passed with nothing to merge,
+so a live upload is reported under 2 s after it ends; that it is under way is known once
+``min_active_bins`` bins (1 s) have filled.
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ class DetectorConfig:
     bin_s: float = 0.1
     min_payload: int = 60  # smaller upstream payloads are ACKs and keepalives, not media
     gap_s: float = 1.0  # a stream has ended after this long without upstream media
-    min_active_bins: int = 12  # >= 1.2 s of 100-ms slots carrying media
+    min_active_bins: int = 10  # >= 1 s of 100-ms slots carrying media (voice in data: >= 16)
     min_bytes: int = 10_000  # upstream frame bytes in the run
     min_packets: int = 30  # upstream media packets in the run
+    merge_gap_s: float = 1.8  # one device's streams closer than this are one utterance
     max_duration_s: float = 90.0  # longer streams are calls or cameras, not an utterance
     answer_window_s: float = 1.0  # downstream bytes this close to the stream's end = a reply
     answer_min_bytes: int = 1_000
@@ -158,7 +161,7 @@ class UploadDetector:
             return []
         pending = self._pending.setdefault(key[0], [])
         for other in pending:
-            if upload.start <= other.end + self.config.gap_s and other.start <= upload.end:
+            if upload.start <= other.end + self.config.merge_gap_s and other.start <= upload.end:
                 _merge_into(other, upload)
                 return []
         pending.append(upload)
@@ -171,7 +174,8 @@ class UploadDetector:
             open_starts = [r.start for k, r in self._runs.items() if k[0] == device]
             keep: list[Upload] = []
             for up in self._pending[device]:
-                if any(s <= up.end + self.config.gap_s for s in open_starts):
+                reach = up.end + self.config.merge_gap_s
+                if self.now < reach or any(s <= reach for s in open_starts):
                     keep.append(up)
                 else:
                     out.append(up)
@@ -206,7 +210,7 @@ class UploadDetector:
         confidence = 0.6
         if run.active_bins >= 2 * cfg.min_active_bins:
             confidence += 0.1
-            evidence.append("long stream (>= 2.4 s)")
+            evidence.append(f"long stream (>= {2 * cfg.min_active_bins * cfg.bin_s:.1f} s)")
         if fill >= 0.8:
             confidence += 0.1
             evidence.append(f"evenly paced ({fill:.0%} of slots filled)")
