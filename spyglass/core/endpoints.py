@@ -46,6 +46,9 @@ RULES: tuple[EndpointRule, ...] = (
     # Google Assistant (speech goes to www.google.com over QUIC, or the gRPC API)
     _rule("embeddedassistant.googleapis.com", Role.VOICE, "google"),
     _rule("www.google.com", Role.VOICE, "google"),
+    # Apple software update ("mesu" = mobile software update): firmware checks, never speech
+    _rule("mesu.apple.com", Role.NOT_AUDIO, None),
+    _rule("mesu-cdn.*.akadns.net", Role.NOT_AUDIO, None),
     # Siri
     _rule("guzzoni.apple.com", Role.VOICE, "siri"),
     _rule("*.guzzoni-apple.com.akadns.net", Role.VOICE, "siri"),

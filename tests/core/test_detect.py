@@ -99,3 +99,15 @@ def test_in_progress_reports_a_qualifying_open_stream() -> None:
     det = UploadDetector(hint_for())
     stream(det, KEY, 0.0, 1.5)
     assert det.in_progress() == [(KEY, 0.0)]
+
+
+def test_endpoint_roles() -> None:
+    from spyglass.core.endpoints import classify
+
+    assert classify("bob-dispatch-prod-na.amazon.com.").role is Role.VOICE
+    assert classify("Avs-Alexa-14-NA.amazon.com").assistant == "alexa"
+    assert classify("origin.guzzoni-apple.com.akadns.net").assistant == "siri"
+    assert classify("device-metrics-us-2.amazon.com").role is Role.NOT_AUDIO
+    assert classify("mesu.apple.com").role is Role.NOT_AUDIO
+    assert classify("amazon.com").role is Role.UNKNOWN
+    assert classify(None).role is Role.UNKNOWN
