@@ -23,9 +23,10 @@ import os
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO, Final, Literal
+from typing import Any, BinaryIO, Final, Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from spyglass.core.frames import F64, I32, I64, U8, U16, FrameBatch
 
@@ -145,23 +146,66 @@ def _u32_view(buf: bytes, order: str) -> np.ndarray:
     return np.ndarray((n,), dtype=np.dtype(order + "u4"), buffer=buf, strides=(1,))
 
 
-def _chain(cand: I64, nxt: I64, start: int) -> tuple[I64, I64, I64]:
-    """Keep the candidates some other candidate points at (or ``start``); find chain breaks.
+def _headers(buf: bytes, pos: I64, width: int) -> npt.NDArray[np.void]:
+    """``width`` bytes at every position (all inside ``buf``), one gather into a compact copy."""
+    view: npt.NDArray[np.void] = np.ndarray(
+        (len(buf) - width + 1,), np.dtype(f"V{width}"), buf, 0, (1,)
+    )
+    return view[pos]
 
-    A true record's successor pointer only ever lands on the true next record, so dropping
-    candidates nobody points at removes the false ones apart from false chains, which the
-    break list then cuts out.
-    """
-    if cand.size == 0:
-        return cand, nxt, np.zeros(0, np.int64)
-    mark = np.zeros(int(nxt.max()) - start + 1, np.bool_)
-    mark[nxt - start] = True
-    inside = cand - start
-    keep = mark[inside] | (inside == 0)
-    cand = cand[keep]
-    nxt = nxt[keep]
-    brk = np.flatnonzero(nxt[:-1] != cand[1:]).astype(np.int64)
-    return cand, nxt, np.append(brk, cand.size - 1)
+
+def _field(hdr: npt.NDArray[np.void], width: int, at: int, dtype: str) -> npt.NDArray[Any]:
+    """The integer at byte ``at`` of every gathered header (a strided view)."""
+    return np.ndarray((hdr.size,), np.dtype(dtype), hdr, at, (width,))
+
+
+class _Scratch:
+    """Reusable per-byte work arrays: fresh 4 MiB arrays per chunk cost page faults."""
+
+    def __init__(self) -> None:
+        self._mask = np.zeros(0, np.bool_)
+        self._mark = np.zeros(0, np.bool_)
+
+    def find(self, buf: bytes, lo: int, hi: int, value: int) -> I64:
+        """Every position p in [lo, hi) where buf[p] == value."""
+        n = hi - lo
+        if n <= 0:
+            return np.zeros(0, np.int64)
+        words = (n + 7) // 8
+        if self._mask.size < words * 8:
+            self._mask = np.zeros(words * 8 + (1 << 16), np.bool_)
+        mask = self._mask[: words * 8]
+        np.equal(np.frombuffer(buf, np.uint8, n, lo), value, out=mask[:n])
+        mask[n:] = False
+        # Matches are sparse: find the 8-byte words holding one, then the bytes inside them.
+        hit = np.flatnonzero(mask.view(np.uint64) != 0)
+        pos = (hit[:, None] * 8 + np.arange(8)).ravel()
+        found: I64 = pos[mask[pos]] + lo
+        return found
+
+    def chain(self, cand: I64, nxt: I64, start: int) -> tuple[I64, I64, I64]:
+        """Keep the candidates some other candidate points at (or ``start``); find breaks.
+
+        A true record's successor pointer only ever lands on the true next record, so
+        dropping candidates nobody points at removes the false ones apart from false
+        chains, which the break list then cuts out.
+        """
+        if cand.size == 0:
+            return cand, nxt, np.zeros(0, np.int64)
+        span = int(nxt.max()) - start + 1
+        if self._mark.size < span:
+            self._mark = np.zeros(span + (1 << 16), np.bool_)
+        mark = self._mark
+        rel = nxt - start
+        mark[rel] = True
+        inside = cand - start
+        keep = mark[inside]
+        mark[rel] = False  # leave it clean for the next chunk
+        keep[0] |= inside[0] == 0
+        cand = cand[keep]
+        nxt = nxt[keep]
+        brk = np.flatnonzero(nxt[:-1] != cand[1:]).astype(np.int64)
+        return cand, nxt, np.append(brk, cand.size - 1)
 
 
 def _hybrid_walk(
@@ -262,6 +306,7 @@ class _Pcap(_Format):
         self._cap_limit = max(self._cap_limit, 64)
         self._hdr = struct.Struct(order + "IIII").unpack_from
         self._problems = problems
+        self._scratch = _Scratch()
 
     def walk(self, buf: bytes, start: int, at_eof: bool) -> _Walk:
         end = len(buf)
@@ -270,14 +315,13 @@ class _Pcap(_Format):
         if end - start >= 32:
             # Every header in a file shares the top byte of its seconds; look for that byte.
             top = 3 if self._order == "<" else 0
-            b = np.frombuffer(buf, np.uint8)
-            cand = np.flatnonzero(b[start + top : end - 16 + top] == b[start + top]) + start
+            cand = self._scratch.find(buf, start + top, end - 16 + top, buf[start + top]) - top
             v = _u32_view(buf, self._order)
             caplen = v[cand + 8].astype(np.int64)
             wirelen = v[cand + 12].astype(np.int64)
             nxt = cand + 16 + caplen
             good = (caplen > 0) & (caplen <= self._cap_limit) & (wirelen >= caplen) & (nxt <= end)
-            cand, nxt, brk = _chain(cand[good], nxt[good], start)
+            cand, nxt, brk = self._scratch.chain(cand[good], nxt[good], start)
         else:
             brk = np.zeros(0, np.int64)
         return _hybrid_walk(cand, nxt, brk, start, lambda pos, _pending: self._step(buf, pos))
@@ -313,11 +357,12 @@ class _Pcap(_Format):
         pos = walk.pos
         if pos.size == 0:
             return None
-        v = _u32_view(buf, self._order)
-        sec = v[pos]
-        frac = v[pos + 4]
-        caplen = v[pos + 8].astype(np.int32)
-        wirelen = np.maximum(v[pos + 12], caplen).astype(np.int32)
+        hdr = _headers(buf, pos, 16)
+        u32 = self._order + "u4"
+        sec = _field(hdr, 16, 0, u32)
+        frac = _field(hdr, 16, 4, u32)
+        caplen = _field(hdr, 16, 8, u32).astype(np.int32)
+        wirelen = np.maximum(_field(hdr, 16, 12, u32), caplen).astype(np.int32)
         ts: F64 = sec + frac * self._frac
         if self._zone:
             ts += self._zone
@@ -331,6 +376,7 @@ class _PcapNg(_Format):
 
     def __init__(self, problems: _Problems) -> None:
         self._problems = problems
+        self._scratch = _Scratch()
         self._order = "<"
         self._ifaces: list[_Iface] = []
         self._last_ts = 0.0  # for SPBs, which carry no timestamp
@@ -347,9 +393,8 @@ class _PcapNg(_Format):
         end = len(buf)
         n_if = len(self._ifaces)
         if end - start >= 64 and n_if:
-            b = np.frombuffer(buf, np.uint8)
             top = 0 if self._order == "<" else 3  # the byte of the type that is 6
-            cand = np.flatnonzero(b[start + top : end - 32 + top] == _EPB) + start
+            cand = self._scratch.find(buf, start + top, end - 32 + top, _EPB) - top
             v = _u32_view(buf, self._order)
             btype = v[cand]
             blen = v[cand + 4].astype(np.int64)
@@ -364,7 +409,7 @@ class _PcapNg(_Format):
                 & (caplen + 32 <= blen)
                 & (v[cand + 24] >= caplen)
             )
-            cand, nxt, brk = _chain(cand[good], nxt[good], start)
+            cand, nxt, brk = self._scratch.chain(cand[good], nxt[good], start)
         else:
             cand = nxt = brk = np.zeros(0, np.int64)
         return _hybrid_walk(cand, nxt, brk, start, lambda p, pend: self._step(buf, p, pend))
@@ -518,26 +563,35 @@ class _PcapNg(_Format):
         n = int(pos.size)
         if n == 0:
             return None
-        v = _u32_view(buf, self._order)
         kind = walk.kind
         spb = kind == _KIND_SPB
         any_spb = bool(spb.any())
         any_pb = bool((kind == _KIND_PB).any())
         ifaces = self._ifaces
+        # One gather of the fixed EPB fields; an SPB near the buffer end reads padding here
+        # and takes its own fields below.
+        src = buf if len(buf) >= 28 else buf + bytes(28)
+        hdr = _headers(src, np.minimum(pos, len(src) - 28), 28)
+        u32 = self._order + "u4"
+        raw = _field(hdr, 28, 8, u32)
         if any_pb:
             # The old Packet Block has a 16-bit interface id where EPB has 32 bits.
-            raw = v[pos + 8]
             short = raw >> 16 if self._order == ">" else raw & 0xFFFF
             iface = np.where(kind == _KIND_PB, short, raw)
         else:
-            iface = v[pos + 8]
+            iface = raw
         if any_spb:
             iface = np.where(spb, 0, iface)
         iface = iface.astype(np.intp)
-        link_tab = np.array([f.linktype for f in ifaces], np.int64)
-        linktype: U16 = link_tab[iface].astype(np.uint16)
+        if len(ifaces) == 1:
+            linktype: U16 = np.full(n, ifaces[0].linktype, np.uint16)
+        else:
+            link_tab = np.array([f.linktype for f in ifaces], np.int64)
+            linktype = link_tab[iface].astype(np.uint16)
 
-        ticks = (v[pos + 12].astype(np.uint64) << np.uint64(32)) | v[pos + 16]
+        ticks = (_field(hdr, 28, 12, u32).astype(np.uint64) << np.uint64(32)) | _field(
+            hdr, 28, 16, u32
+        )
         units_set = {f.units for f in ifaces}
         if len(units_set) == 1:
             units = np.uint64(units_set.pop())
@@ -552,12 +606,13 @@ class _PcapNg(_Format):
         if any(f.tsoffset for f in ifaces):
             ts = ts + np.array([f.tsoffset for f in ifaces], np.float64)[iface]
 
-        caplen: I64 = v[pos + 20].astype(np.int64)
-        wirelen: I64 = v[pos + 24].astype(np.int64)
+        caplen: I64 = _field(hdr, 28, 20, u32).astype(np.int64)
+        wirelen: I64 = _field(hdr, 28, 24, u32).astype(np.int64)
         data: I64 = pos + 28
         if any_spb:
-            orig = v[pos + 8].astype(np.int64)
-            room = v[pos + 4].astype(np.int64) - 16
+            v = _u32_view(buf, self._order)
+            orig = v[np.where(spb, pos + 8, 0)].astype(np.int64)
+            room = v[np.where(spb, pos + 4, 0)].astype(np.int64) - 16
             snap = ifaces[0].snaplen
             spb_cap = np.minimum(orig, room)
             if snap > 0:
@@ -573,6 +628,23 @@ class _PcapNg(_Format):
         caplen32: I32 = caplen.astype(np.int32)
         wirelen32: I32 = np.maximum(wirelen, caplen).astype(np.int32)
         return FrameBatch(buf, data, caplen32, wirelen32, ts, linktype)
+
+
+def _read_at(fh: BinaryIO, offset: int, size: int) -> bytes:
+    """``size`` bytes from ``offset`` (fewer only at the end of the file)."""
+    fh.seek(offset)
+    data = fh.read(size)
+    if data is None or len(data) == size or not data:
+        return data or b""
+    parts = [data]
+    got = len(data)
+    while got < size:
+        more = fh.read(size - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
 
 
 class CaptureReader:
@@ -623,7 +695,8 @@ class CaptureReader:
         self.report = report
         problems = _Problems(report)
         try:
-            fh = open(self.path, "rb")  # noqa: SIM115 - closed in the finally below
+            # Unbuffered: each chunk is read straight into its own bytes object.
+            fh = open(self.path, "rb", buffering=0)  # noqa: SIM115 - closed in finally below
         except OSError as exc:
             problems.add("io", 0, f"cannot read: {exc.strerror or exc}")
             report.stopped_early = True
@@ -644,18 +717,15 @@ class CaptureReader:
             fmt = _PcapNg(problems)
             base = 0
         report.bytes_read = base
-        carry = b""
         want = self._chunk
         while True:
-            asked = max(want - len(carry), self._chunk)
             try:
-                fresh = fh.read(asked)
+                buf = _read_at(fh, base, want)
             except OSError as exc:
-                problems.add("io", base + len(carry), f"read error: {exc.strerror or exc}")
+                problems.add("io", base, f"read error at byte {base}: {exc.strerror or exc}")
                 report.stopped_early = True
                 return
-            at_eof = len(fresh) < asked
-            buf = carry + fresh if carry else fresh
+            at_eof = len(buf) < want
             fmt.file_base = base
             start = 0
             while True:
@@ -684,7 +754,7 @@ class CaptureReader:
                         f"{max(walk.need, left + 1)} bytes present); everything before it was kept",
                     )
                 return
-            carry = buf[walk.stop :]
+            # The incomplete record is read again at the start of the next chunk.
             base += walk.stop
             want = max(walk.need, self._chunk)
             del buf, batch

@@ -1,0 +1,439 @@
+"""Vectorized header decode: a whole FrameBatch at once, with numpy gathers at computed offsets.
+
+Every layer works on the rows that reached it (an index array, or all rows as a slice when
+the batch is uniform, which is the common case) and writes its fields into full-size output
+arrays. A row that fails a check is marked malformed and drops out of the later layers, so its
+fields after the failure stay 0. Reads never leave the buffer: every gather index is clamped,
+and a value read at a clamped index is only used where the length checks passed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from spyglass.core.frames import (
+    I64,
+    LINKTYPE_ETHERNET,
+    LINKTYPE_IPV4,
+    LINKTYPE_IPV6,
+    LINKTYPE_LINUX_SLL,
+    LINKTYPE_LINUX_SLL2,
+    LINKTYPE_NULL,
+    LINKTYPE_RAW,
+    U64,
+    B,
+    Decoded,
+    FrameBatch,
+)
+
+__all__ = ["decode", "ip_key", "ip_str", "is_v4_mapped", "mac_str"]
+
+ETH_IPV4: Final = 0x0800
+ETH_IPV6: Final = 0x86DD
+ETH_ARP: Final = 0x0806
+_VLAN_TPIDS: Final = (0x8100, 0x88A8, 0x9100)
+_V4_MAPPED: Final = np.uint64(0xFFFF << 32)
+_MAX_EXT: Final = 8  # longer extension chains are treated as malformed
+
+Idx = Any  # a slice (all rows) or an index array
+
+
+_L3_BLOCK: Final = 44  # IPv4 header without options plus the transport block after it
+_L4_BLOCK: Final = 24  # fixed part of a TCP header (20), UDP and ICMP (8), with slack
+_TAIL: Final = 4096
+
+
+class _Buf:
+    """Reads at any byte offset of one buffer: fixed-size blocks and big-endian integers.
+
+    Gathering a whole header block per row (a void-dtype view at every byte offset) costs about
+    what one integer gather does, and the fields are then strided views of the compact copy,
+    so each layer pays for one gather. Indices past the buffer are served from a zero-padded
+    copy of its tail, so a block is never shifted and never read out of bounds.
+    """
+
+    def __init__(self, buf: bytes) -> None:
+        self.buf = buf
+        self.n = len(buf)
+        base = max(self.n - _TAIL, 0)
+        self._tail_base = base
+        self._tail = bytes(buf[base:]) + bytes(64)
+        self._views: dict[tuple[int, bool], npt.NDArray[np.void]] = {}
+
+    def _view(self, width: int, tail: bool) -> npt.NDArray[np.void]:
+        view = self._views.get((width, tail))
+        if view is None:
+            src = self._tail if tail else self.buf
+            count = len(src) - width + 1
+            view = np.ndarray((max(count, 0),), np.dtype(f"V{width}"), src, 0, (1,))
+            self._views[(width, tail)] = view
+        return view
+
+    def block(self, idx: I64, width: int) -> npt.NDArray[np.void]:
+        """``width`` bytes from every offset in ``idx``, as one contiguous (n,) void array."""
+        last = self.n - width  # highest offset whose block lies inside the buffer
+        if idx.size == 0:
+            return np.zeros(0, np.dtype(f"V{width}"))
+        if last >= 0 and int(idx.max()) <= last:
+            return self._view(width, False)[idx]
+        inside = np.maximum(np.minimum(idx, last), 0)
+        out = self._view(width, False)[inside] if last >= 0 else np.zeros(idx.size, f"V{width}")
+        late = idx > last
+        rel = np.clip(idx[late] - self._tail_base, 0, len(self._tail) - 64)
+        out[late] = self._view(width, True)[rel]
+        return out
+
+    def b(self, idx: I64) -> npt.NDArray[np.int64]:
+        return _col(self.block(idx, 1), 1, 0, "u1")
+
+    def w16(self, idx: I64) -> npt.NDArray[np.int64]:
+        return _col(self.block(idx, 2), 2, 0, ">u2")
+
+
+def _col(blocks: npt.NDArray[np.void], width: int, at: int, dtype: str) -> npt.NDArray[np.int64]:
+    """Field at byte ``at`` of every block, as int64."""
+    view: npt.NDArray[Any] = np.ndarray((blocks.size,), np.dtype(dtype), blocks, at, (width,))
+    return view.astype(np.int64)
+
+
+def _mac(blocks: npt.NDArray[np.void], width: int, at: int) -> U64:
+    hi = _col(blocks, width, at, ">u2")
+    return ((hi << 32) | _col(blocks, width, at + 2, ">u4")).astype(np.uint64)
+
+
+def _select(mask: B) -> Idx:
+    """Rows where mask holds: a slice when that is every row (views, no gathers)."""
+    rows = np.flatnonzero(mask)
+    if rows.size == mask.size:
+        return slice(None)
+    return rows
+
+
+def _sub(rows: Idx, keep: B) -> Idx:
+    """Narrow ``rows`` to those where ``keep`` (indexed like ``rows``) holds."""
+    if isinstance(rows, slice):
+        return _select(keep)
+    return rows[keep] if not keep.all() else rows
+
+
+class _Out:
+    """The output arrays, zero-filled, plus the working per-row layer state."""
+
+    def __init__(self, batch: FrameBatch) -> None:
+        n = len(batch)
+        self.n = n
+        self.src_mac = np.zeros(n, np.uint64)
+        self.dst_mac = np.zeros(n, np.uint64)
+        self.ethertype = np.zeros(n, np.int64)
+        self.vlan = np.zeros(n, np.uint16)
+        self.ipver = np.zeros(n, np.uint8)
+        self.src_hi = np.zeros(n, np.uint64)
+        self.src_lo = np.zeros(n, np.uint64)
+        self.dst_hi = np.zeros(n, np.uint64)
+        self.dst_lo = np.zeros(n, np.uint64)
+        self.proto = np.zeros(n, np.uint8)
+        self.sport = np.zeros(n, np.uint16)
+        self.dport = np.zeros(n, np.uint16)
+        self.tcp_flags = np.zeros(n, np.uint8)
+        self.payload_len = np.zeros(n, np.int32)
+        self.payload_off = np.zeros(n, np.int64)
+        self.payload_cap = np.zeros(n, np.int32)
+        self.malformed = np.zeros(n, np.bool_)
+        self.l3 = np.zeros(n, np.int64)  # absolute offset of the network header
+        self.l4 = np.zeros(n, np.int64)  # absolute offset of the transport header
+        self.l4len = np.zeros(n, np.int64)  # transport bytes on the wire (IP payload)
+        self.frag = np.zeros(n, np.bool_)  # a non-first fragment: no transport header
+        self.l4blk = np.zeros(n, np.dtype(f"V{_L4_BLOCK}"))  # bytes at l4
+
+    def bad(self, rows: Idx, fail: B) -> None:
+        if isinstance(rows, slice):
+            self.malformed |= fail
+        else:
+            self.malformed[rows[fail]] = True
+
+
+def decode(batch: FrameBatch) -> Decoded:
+    """Decode link, network and transport headers of every frame in ``batch``."""
+    out = _Out(batch)
+    n = out.n
+    if n == 0:
+        return _finish(batch, out)
+    g = _Buf(batch.buf)
+    off = batch.offset.astype(np.int64, copy=False)
+    end = off + batch.caplen
+    wend = off + batch.wirelen  # where the frame ends on the wire
+    first = int(batch.linktype[0])
+    if bool((batch.linktype == first).all()):
+        _link(g, out, first, slice(None), off, end)
+    else:
+        for lt in np.unique(batch.linktype).tolist():
+            rows = np.flatnonzero(batch.linktype == lt)
+            _link(g, out, int(lt), rows, off[rows], end[rows])
+    _vlans(g, out, end)
+    ok = ~out.malformed
+    _ipv4(g, out, _select(ok & (out.ethertype == ETH_IPV4)), end, wend)
+    v6 = ok & (out.ethertype == ETH_IPV6)
+    if v6.any():
+        _ipv6(g, out, _select(v6), end, wend)
+    _transport(out, end)
+    return _finish(batch, out)
+
+
+def _finish(batch: FrameBatch, out: _Out) -> Decoded:
+    return Decoded(
+        ts=batch.ts,
+        wirelen=batch.wirelen,
+        src_mac=out.src_mac,
+        dst_mac=out.dst_mac,
+        ethertype=out.ethertype.astype(np.uint16),
+        vlan=out.vlan,
+        ipver=out.ipver,
+        src_hi=out.src_hi,
+        src_lo=out.src_lo,
+        dst_hi=out.dst_hi,
+        dst_lo=out.dst_lo,
+        proto=out.proto,
+        sport=out.sport,
+        dport=out.dport,
+        tcp_flags=out.tcp_flags,
+        payload_len=out.payload_len,
+        payload_off=out.payload_off,
+        payload_cap=out.payload_cap,
+        malformed=out.malformed,
+    )
+
+
+def _link(g: _Buf, out: _Out, lt: int, rows: Idx, off: I64, end: I64) -> None:
+    """Link-layer header: MACs, ethertype and the network header offset."""
+    cap = end - off
+    if lt == LINKTYPE_ETHERNET:
+        short = cap < 14
+        blk = g.block(off, 14)
+        out.dst_mac[rows] = np.where(short, 0, _mac(blk, 14, 0))
+        out.src_mac[rows] = np.where(short, 0, _mac(blk, 14, 6))
+        et = np.where(short, 0, _col(blk, 14, 12, ">u2"))
+        l3 = off + 14
+    elif lt == LINKTYPE_LINUX_SLL:
+        short = cap < 16
+        blk = g.block(off, 16)
+        has_mac = ~short & (_col(blk, 16, 4, ">u2") == 6)
+        out.src_mac[rows] = np.where(has_mac, _mac(blk, 16, 6), 0)
+        et = np.where(short, 0, _col(blk, 16, 14, ">u2"))
+        l3 = off + 16
+    elif lt == LINKTYPE_LINUX_SLL2:
+        short = cap < 20
+        blk = g.block(off, 20)
+        has_mac = ~short & (_col(blk, 20, 11, "u1") == 6)
+        out.src_mac[rows] = np.where(has_mac, _mac(blk, 20, 12), 0)
+        et = np.where(short, 0, _col(blk, 20, 0, ">u2"))
+        l3 = off + 20
+    elif lt in (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6):
+        short = cap < 1
+        if lt == LINKTYPE_RAW:
+            ver = g.b(off) >> 4
+            et = np.where(ver == 4, ETH_IPV4, np.where(ver == 6, ETH_IPV6, 0))
+            short = short | (et == 0)  # raw IP that is neither v4 nor v6
+        else:
+            et = np.full(off.shape, ETH_IPV4 if lt == LINKTYPE_IPV4 else ETH_IPV6, np.int64)
+        l3 = off
+    elif lt == LINKTYPE_NULL:
+        short = cap < 4
+        # The family is in the capturing host's byte order; every value we know fits a byte.
+        blk = g.block(off, 4)
+        first = _col(blk, 4, 0, "u1")
+        fam = np.where(first != 0, first, _col(blk, 4, 3, "u1"))
+        v6fam = (fam == 10) | (fam == 24) | (fam == 28) | (fam == 30)
+        et = np.where(short, 0, np.where(fam == 2, ETH_IPV4, np.where(v6fam, ETH_IPV6, 0)))
+        l3 = off + 4
+    else:
+        short = np.ones(off.shape, np.bool_)
+        et = np.zeros(off.shape, np.int64)
+        l3 = off
+    out.ethertype[rows] = et
+    out.l3[rows] = l3
+    out.bad(rows, short)
+
+
+def _vlans(g: _Buf, out: _Out, end: I64) -> None:
+    """Skip up to two 802.1Q/802.1ad tags; ``vlan`` keeps the outermost id."""
+    for depth in range(2):
+        et = out.ethertype
+        tagged = (et == _VLAN_TPIDS[0]) | (et == _VLAN_TPIDS[1]) | (et == _VLAN_TPIDS[2])
+        tagged &= ~out.malformed
+        if not tagged.any():
+            return
+        rows = np.flatnonzero(tagged)
+        l3 = out.l3[rows]
+        short = end[rows] - l3 < 4
+        blk = g.block(l3, 4)
+        if depth == 0:
+            out.vlan[rows] = np.where(short, 0, _col(blk, 4, 0, ">u2") & 0x0FFF)
+        out.ethertype[rows] = np.where(short, 0, _col(blk, 4, 2, ">u2"))
+        out.l3[rows] = l3 + 4
+        out.bad(rows, short)
+
+
+def _ipv4(g: _Buf, out: _Out, rows: Idx, end_all: I64, wend_all: I64) -> None:
+    p = out.l3[rows]
+    if p.size == 0:
+        return
+    w = _L3_BLOCK
+    blk = g.block(p, w)
+    end = end_all[rows]
+    room = wend_all[rows] - p  # bytes of network layer on the wire
+    vihl = _col(blk, w, 0, "u1")
+    hlen = (vihl & 15) * 4
+    total = _col(blk, w, 2, ">u2")
+    total = np.where(total == 0, room, total)  # 0 = segmentation offload: the frame tells
+    fail = (end - p < 20) | (vihl >> 4 != 4) | (hlen < 20) | (end - p < hlen)
+    fail |= (total < hlen) | (total > room)
+    good = ~fail
+    out.bad(rows, fail)
+    if not good.all():
+        rows = _sub(rows, good)
+        p, hlen, total, blk = p[good], hlen[good], total[good], blk[good]
+    out.ipver[rows] = 4
+    out.src_lo[rows] = _V4_MAPPED | _col(blk, w, 12, ">u4").astype(np.uint64)
+    out.dst_lo[rows] = _V4_MAPPED | _col(blk, w, 16, ">u4").astype(np.uint64)
+    out.proto[rows] = _col(blk, w, 9, "u1")
+    l4 = p + hlen
+    out.l4[rows] = l4
+    out.l4len[rows] = total - hlen
+    out.frag[rows] = (_col(blk, w, 6, ">u2") & 0x1FFF) != 0
+    # The transport header usually follows a 20-byte IP header, inside the block we have.
+    out.l4blk[rows] = np.ndarray((p.size,), out.l4blk.dtype, blk, 20, (w,))
+    opts = hlen != 20
+    if opts.any():
+        moved = np.flatnonzero(opts)
+        target = moved if isinstance(rows, slice) else rows[moved]
+        out.l4blk[target] = g.block(l4[moved], _L4_BLOCK)
+
+
+def _ipv6(g: _Buf, out: _Out, rows: Idx, end_all: I64, wend_all: I64) -> None:
+    p = out.l3[rows]
+    end = end_all[rows]
+    room = wend_all[rows] - p - 40
+    blk = g.block(p, 40)
+    plen = _col(blk, 40, 4, ">u2")
+    plen = np.where(plen == 0, room, plen)  # jumbogram or offload: the frame tells
+    fail = (end - p < 40) | (_col(blk, 40, 0, "u1") >> 4 != 6) | (plen > room)
+    good = ~fail
+    out.bad(rows, fail)
+    if not good.all():
+        rows = _sub(rows, good)
+        p, end, plen, blk = p[good], end[good], plen[good], blk[good]
+    out.ipver[rows] = 6
+    out.src_hi[rows] = _col(blk, 40, 8, ">u8").astype(np.uint64)
+    out.src_lo[rows] = _col(blk, 40, 16, ">u8").astype(np.uint64)
+    out.dst_hi[rows] = _col(blk, 40, 24, ">u8").astype(np.uint64)
+    out.dst_lo[rows] = _col(blk, 40, 32, ">u8").astype(np.uint64)
+    nh = _col(blk, 40, 6, "u1")
+    l4 = p + 40
+    l4len = plen
+    frag = np.zeros(p.shape, np.bool_)
+    bad = np.zeros(p.shape, np.bool_)
+    for _ in range(_MAX_EXT):
+        ext = (nh == 0) | (nh == 43) | (nh == 44) | (nh == 60) | (nh == 51)
+        ext &= ~frag & ~bad
+        if not ext.any():
+            break
+        eb = g.block(l4, 4)
+        size = _col(eb, 4, 1, "u1")
+        hl = np.where(nh == 44, 8, np.where(nh == 51, (size + 2) * 4, (size + 1) * 8))
+        cut = ext & ((end - l4 < 8) | (end - l4 < hl) | (l4len < hl))
+        bad |= cut
+        step = ext & ~cut
+        # A fragment header with a non-zero offset: what follows is mid-datagram data.
+        frag |= step & (nh == 44) & ((_col(eb, 4, 2, ">u2") >> 3) != 0)
+        nh = np.where(step, _col(eb, 4, 0, "u1"), nh)
+        l4 = np.where(step, l4 + hl, l4)
+        l4len = np.where(step, l4len - hl, l4len)
+    else:
+        bad |= ~frag & ((nh == 0) | (nh == 43) | (nh == 44) | (nh == 60) | (nh == 51))
+    out.bad(rows, bad)
+    if bad.any():
+        # Addresses are valid; the protocol and what follows are not.
+        keep = ~bad
+        rows, nh, l4, l4len, frag = _sub(rows, keep), nh[keep], l4[keep], l4len[keep], frag[keep]
+    out.proto[rows] = nh
+    out.l4[rows] = l4
+    out.l4len[rows] = l4len
+    out.frag[rows] = frag
+    out.l4blk[rows] = g.block(l4, _L4_BLOCK)
+
+
+def _transport(out: _Out, end_all: I64) -> None:
+    """TCP/UDP/ICMP headers and the payload window of every IP row still well-formed."""
+    ip = (out.ipver != 0) & ~out.malformed
+    if not ip.any():
+        return
+    rows = _select(ip)
+    proto = out.proto[rows]
+    l4 = out.l4[rows]
+    l4len = out.l4len[rows]
+    blk = out.l4blk[rows]
+    w = _L4_BLOCK
+    avail = end_all[rows] - l4  # captured bytes from the transport header on
+    whole = out.frag[rows]  # non-first fragments: everything is payload
+    tcp = (proto == 6) & ~whole
+    udp = (proto == 17) & ~whole
+    icmp = ((proto == 1) | (proto == 58)) & ~whole
+    small = udp | icmp
+    need = np.where(tcp, 20, np.where(small, 8, 0))  # bytes the fixed header needs
+    tcp_word = _col(blk, w, 12, ">u2")  # data offset nibble and the flags byte
+    hdr = np.where(tcp, (tcp_word >> 12) * 4, need)
+    fail = (avail < need) | (l4len < need)
+    fail |= tcp & ((hdr < 20) | (hdr > l4len) | (hdr > avail))
+    paylen = l4len - hdr
+    if udp.any():
+        ulen = _col(blk, w, 4, ">u2")
+        ulen = np.where(ulen == 0, l4len, ulen)  # 0: IPv6 jumbogram
+        fail |= udp & ((ulen < 8) | (ulen > l4len))
+        paylen = np.where(udp, ulen - 8, paylen)
+    out.bad(rows, fail)
+    good = ~fail
+    if not good.all():
+        rows = _sub(rows, good)
+        blk, tcp_word, hdr, paylen, l4, avail, tcp, udp = (
+            a[good] for a in (blk, tcp_word, hdr, paylen, l4, avail, tcp, udp)
+        )
+    has_ports = tcp | udp
+    out.sport[rows] = np.where(has_ports, _col(blk, w, 0, ">u2"), 0)
+    out.dport[rows] = np.where(has_ports, _col(blk, w, 2, ">u2"), 0)
+    out.tcp_flags[rows] = np.where(tcp, tcp_word & 0xFF, 0)
+    out.payload_off[rows] = l4 + hdr
+    out.payload_len[rows] = paylen
+    out.payload_cap[rows] = np.clip(avail - hdr, 0, paylen)
+
+
+# ---- helpers for the rest of the code ------------------------------------------------------
+
+
+def mac_str(mac: int) -> str:
+    """48-bit MAC integer as ``aa:bb:cc:dd:ee:ff``."""
+    return ":".join(f"{b:02x}" for b in int(mac).to_bytes(6, "big"))
+
+
+def ip_str(hi: int, lo: int) -> str:
+    """Address from its two 64-bit halves; IPv4-mapped addresses print as a dotted quad."""
+    hi, lo = int(hi), int(lo)
+    if hi == 0 and lo >> 32 == 0xFFFF:
+        return str(ipaddress.IPv4Address(lo & 0xFFFFFFFF))
+    return str(ipaddress.IPv6Address((hi << 64) | lo))
+
+
+def ip_key(text: str) -> tuple[int, int]:
+    """Inverse of ip_str: ``(hi, lo)`` of an IPv4 (stored IPv4-mapped) or IPv6 address."""
+    addr = ipaddress.ip_address(text.strip())
+    value = int(addr) | (0xFFFF << 32) if addr.version == 4 else int(addr)
+    return value >> 64, value & 0xFFFFFFFFFFFFFFFF
+
+
+def is_v4_mapped(hi: U64, lo: U64) -> B:
+    """Which addresses of the arrays are IPv4 (stored IPv4-mapped)."""
+    mapped: B = (hi == 0) & ((lo >> np.uint64(32)) == np.uint64(0xFFFF))
+    return mapped
