@@ -42,8 +42,10 @@ def lan() -> Iterator[HomeLan]:
         yield lab
 
 
-def gateway_capture(lan: HomeLan, bpf: str | None, ifname: str = GATEWAY_LAN_IF) -> LiveCapture:
-    return lan.call(lan.gateway, LiveCapture, ifname, bpf)
+def gateway_capture(
+    lan: HomeLan, bpf: str | None, ifname: str = GATEWAY_LAN_IF, kernel_ts: bool = True
+) -> LiveCapture:
+    return lan.call(lan.gateway, LiveCapture, ifname, bpf, kernel_timestamps=kernel_ts)
 
 
 def ipv4_frames(batch: FrameBatch) -> Iterator[tuple[str, str, int, int, int, int, bytes]]:
@@ -108,15 +110,17 @@ def test_tcp_bytes_seen_match_bytes_sent(lan: HomeLan) -> None:
             assert (b.linktype == 1).all()
 
 
-def test_udp_counts_bytes_and_stats(lan: HomeLan) -> None:
-    sink = lan.start_udp_sink(host="0.0.0.0", port=4430)
+@pytest.mark.parametrize("kernel_ts", [True, False], ids=["kernel-ts", "user-ts"])
+def test_udp_counts_bytes_and_stats(lan: HomeLan, kernel_ts: bool) -> None:
+    port = 4430 if kernel_ts else 4433
+    sink = lan.start_udp_sink(host="0.0.0.0", port=port)
     sizes = [40 + (i * 37) % 1200 for i in range(500)]
-    with gateway_capture(lan, "udp and dst port 4430") as cap:
+    with gateway_capture(lan, f"udp and dst port {port}", kernel_ts=kernel_ts) as cap:
         before = time.time()
         sender = lan.socket(lan.speaker, socket.AF_INET, socket.SOCK_DGRAM)
         with sender:
             for n in sizes:
-                sender.sendto(b"q" * n, (GOOGLE, 4430))
+                sender.sendto(b"q" * n, (GOOGLE, port))
         assert sink.wait_bytes(sum(sizes))
         batches = read_until(cap, lambda bs: sum(len(b) for b in bs) >= len(sizes))
         after = time.time()
@@ -257,3 +261,14 @@ def test_privileges(tmp_path: Path) -> None:
     assert check_capture_privileges(status) is None
     assert effective_capabilities("CapEff:\tzz\n") == 0
     assert effective_capabilities("") == 0
+
+
+def test_snaplen_cuts_frames_but_keeps_wire_length(lan: HomeLan) -> None:
+    lan.start_udp_sink(host="0.0.0.0", port=4434)
+    cap = lan.call(lan.gateway, LiveCapture, GATEWAY_LAN_IF, "udp and dst port 4434", snaplen=64)
+    with cap:
+        with lan.socket(lan.speaker, socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"w" * 1000, (CLOUD_IP, 4434))
+        (batch,) = read_until(cap, lambda bs: len(bs) >= 1, seconds=5)
+        assert batch.caplen.tolist() == [64] and batch.wirelen.tolist() == [1042]
+        assert len(batch.buf) == 64
