@@ -87,7 +87,7 @@ class ReadReport:
 
 
 def detect_format(first_bytes: bytes) -> Literal["pcap", "pcapng"] | None:
-    """"pcap", "pcapng" or None, from the first 4 bytes of a file."""
+    """The format named by the first 4 bytes of a file ("pcap", "pcapng"), or None."""
     head = bytes(first_bytes[:4])
     if head in _PCAP_MAGICS:
         return "pcap"
@@ -672,9 +672,8 @@ class CaptureReader:
             )
         if fmt == "pcapng":
             bom = head[8:12]
-            if len(head) < 28 or int.from_bytes(bom, "little") != _BOM and (
-                int.from_bytes(bom, "big") != _BOM
-            ):
+            known = _BOM in (int.from_bytes(bom, "little"), int.from_bytes(bom, "big"))
+            if len(head) < 28 or not known:
                 raise CaptureFormatError(
                     self.path, 0, "pcapng section header cut short or without byte-order magic"
                 )
@@ -706,9 +705,7 @@ class CaptureReader:
         finally:
             fh.close()
 
-    def _read(
-        self, fh: BinaryIO, report: ReadReport, problems: _Problems
-    ) -> Iterator[FrameBatch]:
+    def _read(self, fh: BinaryIO, report: ReadReport, problems: _Problems) -> Iterator[FrameBatch]:
         fmt: _Format
         if self._fmt_name == "pcap":
             fmt = _Pcap(fh.read(24), problems)
