@@ -161,7 +161,7 @@ def _judge(out: FileOutcome) -> None:
         out.warnings.append(f"{out.name}: warning: byte {p.offset}: {p.message}")
     out.warnings.extend(f"{out.name}: warning: {m}" for m in out.result.stats.problems)
     if report.cut_short or report.stopped_early:
-        what = "cut short" if report.cut_short else "unreadable from"
+        what = "cut short" if report.cut_short else "stopped early"
         offset = final.offset if final else report.bytes_read
         detail = f" ({_short(final.message)})" if final else ""
         kept = render.count(packets, "packet")

@@ -29,17 +29,15 @@ def parse_when(text: str, now: float | None = None) -> float:
     """A point in time from what a person types; naive dates and times are local."""
     now = time.time() if now is None else now
     word = text.strip().lower()
-    midnight = datetime.fromtimestamp(now).astimezone().replace(
-        hour=0, minute=0, second=0, microsecond=0
-    )
+    # Calendar arithmetic on the naive local date, then the zone in force at that time: a DST
+    # change between then and now does not shift midnight.
+    midnight = datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0)
     if word == "now":
         return now
     if word == "today":
-        return midnight.timestamp()
+        return midnight.astimezone().timestamp()
     if word == "yesterday":
-        # Calendar arithmetic on the naive local date, so a DST change does not shift it.
-        day = (midnight.replace(tzinfo=None) - timedelta(days=1))
-        return day.astimezone().timestamp()
+        return (midnight - timedelta(days=1)).astimezone().timestamp()
     m = _SPAN.match(word)
     if m:
         return now - float(m.group(1)) * _UNIT_S[m.group(2).lower()]

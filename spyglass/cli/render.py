@@ -141,14 +141,20 @@ def flow_json(f: Flow) -> dict[str, Any]:
 # -- tables --------------------------------------------------------------------------------------
 
 
+def _some(items: Sequence[str], n: int) -> str:
+    if not items:
+        return "-"
+    return ", ".join(items[:n]) + (f" (+{len(items) - n})" if len(items) > n else "")
+
+
 def devices_table(devices: Sequence[Device], uploads_per_device: dict[str, int]) -> str:
     rows = [
         [
             d.mac,
             d.vendor or "-",
             d.model or "-",
-            ", ".join(d.names) or "-",
-            ", ".join(d.ips[:2]) + (" …" if len(d.ips) > 2 else "") or "-",
+            _some(d.names, 2),
+            _some(d.ips, 2),
             local_time(d.last_seen) if d.last_seen else "-",
             str(uploads_per_device.get(d.mac, 0)),
         ]

@@ -376,6 +376,7 @@ class Store:
                 names=result.endpoint_names,
                 flows=result.flows,
                 series=result.series,
+                uploads=result.uploads,
             )
             self._replace_uploads(cid, result.uploads)
         return cid
@@ -397,7 +398,10 @@ class Store:
     ) -> list[int]:
         """Merge what the pipeline produced since the last call; returns the new upload ids."""
         with self._guard("writing", KEPT_BATCH), self.db.atomic():
-            self._write(capture_id, devices=devices, names=names, flows=flows, series=series)
+            self._write(
+                capture_id, devices=devices, names=names, flows=flows, series=series,
+                uploads=uploads,
+            )
             ids = [self._upsert_upload(capture_id, u) for u in uploads]
             if series:
                 self._conn.execute(
@@ -539,12 +543,15 @@ class Store:
         names: Sequence[EndpointName],
         flows: Sequence[Flow],
         series: Sequence[SeriesPoint],
+        uploads: Sequence[Upload],
     ) -> None:
         conn = self._conn
         self._merge_devices(devices)
         # Every MAC with traffic gets a devices row, even before it is identified.
         seen = {d.mac for d in devices}
-        stubs = ({f.device_mac for f in flows} | {p.device_mac for p in series}) - seen
+        stubs = {f.device_mac for f in flows} | {p.device_mac for p in series}
+        stubs |= {u.device_mac for u in uploads}
+        stubs -= seen
         conn.executemany("INSERT OR IGNORE INTO devices (mac) VALUES (?)", [(m,) for m in stubs])
         conn.executemany(
             _NAME_UPSERT,

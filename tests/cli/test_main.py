@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from spyglass import __version__
+from spyglass.cli.main import COMMANDS, build_parser
+from tests.cli.conftest import Ran
+
+Cli = Callable[..., Ran]
+
+
+def test_help_without_command(cli: Cli) -> None:
+    ran = cli()
+    assert ran.rc == 0
+    for name in ("analyze", "devices", "uploads", "simulate", "demo"):
+        assert name in ran.out
+
+
+def test_registry_skips_modules_not_written_yet() -> None:
+    _, handlers = build_parser([*COMMANDS, ("later", "spyglass.cli.not_written_yet")])
+    assert {"analyze", "devices", "uploads", "simulate", "demo"} <= set(handlers)
+    assert "later" not in handlers
+
+
+def test_registry_reports_broken_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pkg = tmp_path / "brokencmd.py"
+    pkg.write_text("import a_dependency_that_is_missing\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModuleNotFoundError):
+        build_parser([("broken", "brokencmd")])
+
+
+def test_entry_point_runs(tmp_path: Path) -> None:
+    env = {**os.environ, "SPYGLASS_DATA_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "spyglass", "--version"], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0 and done.stdout.strip() == f"spyglass {__version__}"
+    done = subprocess.run(
+        [sys.executable, "-m", "spyglass", "uploads", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == '{"uploads": []}'
+    script = Path(sys.executable).parent / "spyglass"
+    if script.exists():
+        done = subprocess.run([script, "devices"], capture_output=True, text=True, env=env)
+        assert done.returncode == 0 and "No data yet" in done.stderr
