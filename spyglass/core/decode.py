@@ -96,6 +96,8 @@ class _Buf:
 
 def _col(blocks: npt.NDArray[np.void], width: int, at: int, dtype: str) -> npt.NDArray[np.int64]:
     """Field at byte ``at`` of every block, as int64."""
+    if blocks.size == 0:
+        return np.zeros(0, np.int64)
     view: npt.NDArray[Any] = np.ndarray((blocks.size,), np.dtype(dtype), blocks, at, (width,))
     return view.astype(np.int64)
 
