@@ -304,7 +304,5 @@ def _decide(hits: list[_Hit], attr: str) -> tuple[str | None, float, list[_Hit]]
 
 def _describe(hit: _Hit) -> str:
     rule = hit.rule
-    said = ", ".join(
-        x for x in (hit.detail or rule.model, rule.kind, rule.assistant) if x
-    )
+    said = ", ".join(x for x in (hit.detail or rule.model, rule.kind, rule.assistant) if x)
     return f'{_LABEL.get(rule.field, rule.field)} "{hit.text}" → {said}'

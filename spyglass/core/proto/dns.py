@@ -82,6 +82,7 @@ def _name(buf: bytes, off: int, cache: dict[int, str]) -> tuple[str, int]:
     after = -1
     hops = 0
     wire = 0
+    jumped: list[tuple[int, int]] = []
     while True:
         start = off
         if off >= end:
@@ -122,9 +123,12 @@ def _name(buf: bytes, off: int, cache: dict[int, str]) -> tuple[str, int]:
         hops += 1
         if hops > _MAX_JUMPS:
             raise MalformedPayload(f"DNS: compression loop in name at byte {first}")
+        jumped.append((target, len(parts)))
         off = target
     name = parts[0] if len(parts) == 1 else ".".join(parts)
     cache[first] = name
+    for target, index in jumped:  # the suffixes we jumped to: later pointers hit them at once
+        cache[target] = ".".join(parts[index:])
     return name, (after if after >= 0 else off)
 
 

@@ -43,13 +43,13 @@ def client_hello_sni(payload: bytes) -> str | None:
     if reclen < 4 or reclen > _MAX_RECORD:
         raise MalformedPayload(f"TLS: record length {reclen} out of range")
     try:
-        return _sni(payload, min(n, 5 + reclen))
+        return _sni(payload, 5 + reclen, min(n, 5 + reclen))
     except _Cut:
         return None
 
 
-def _sni(b: bytes, have: int) -> str | None:
-    _need(5, 4, have, have, "handshake header")
+def _sni(b: bytes, rec_end: int, have: int) -> str | None:
+    _need(5, 4, rec_end, have, "handshake header")
     hs_len = (b[6] << 16) | (b[7] << 8) | b[8]
     if hs_len < 38:
         raise MalformedPayload(f"TLS: ClientHello body of {hs_len} bytes is too short")
