@@ -298,6 +298,8 @@ def _ipv4(g: _Buf, out: _Out, rows: Idx, end_all: I64, wend_all: I64) -> None:
     if not good.all():
         rows = _sub(rows, good)
         p, hlen, total, blk = p[good], hlen[good], total[good], blk[good]
+        if p.size == 0:
+            return
     out.ipver[rows] = 4
     out.src_lo[rows] = _V4_MAPPED | _col(blk, w, 12, ">u4").astype(np.uint64)
     out.dst_lo[rows] = _V4_MAPPED | _col(blk, w, 16, ">u4").astype(np.uint64)
@@ -328,6 +330,8 @@ def _ipv6(g: _Buf, out: _Out, rows: Idx, end_all: I64, wend_all: I64) -> None:
     if not good.all():
         rows = _sub(rows, good)
         p, end, plen, blk = p[good], end[good], plen[good], blk[good]
+        if p.size == 0:
+            return
     out.ipver[rows] = 6
     out.src_hi[rows] = _col(blk, 40, 8, ">u8").astype(np.uint64)
     out.src_lo[rows] = _col(blk, 40, 16, ">u8").astype(np.uint64)
