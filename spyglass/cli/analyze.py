@@ -8,6 +8,7 @@ import json
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,40 +114,62 @@ def analyze_paths(
     progress: Any = None,
 ) -> AnalysisReport:
     """Analyse each file (one bad file does not stop the others) and store what is usable."""
+    lookup = _vendor_lookup()
+    outcomes: list[FileOutcome] = []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        for path in files:
+            out = FileOutcome(path)
+            outcomes.append(out)
+            _analyze_one(out, pool, store, lan, lookup, progress)
+    return AnalysisReport(outcomes, store.path if store is not None else None)
+
+
+def _analyze_one(
+    out: FileOutcome,
+    pool: ThreadPoolExecutor,
+    store: Store | None,
+    lan: list[str] | None,
+    lookup: Callable[[str], str | None] | None,
+    progress: Any,
+) -> None:
     from spyglass.core.analyze import analyze_file
     from spyglass.core.capfile import CaptureFormatError
 
-    lookup = _vendor_lookup()
-    outcomes: list[FileOutcome] = []
-    for path in files:
-        out = FileOutcome(path)
-        outcomes.append(out)
-        bar = None
-        if progress is not None:
-            try:
-                bar = render.ProgressBar.for_file(progress, path.name, path.stat().st_size)
-            except OSError:
-                bar = None
+    bar = None
+    if progress is not None:
         try:
-            out.result = analyze_file(
-                path, lan=lan, vendor_lookup=lookup, progress=bar.update if bar else None
-            )
-        except CaptureFormatError as exc:
-            where = "" if exc.reason.startswith("cannot read") else f" at byte {exc.offset}"
-            out.error = f"{out.name}: {exc.reason}{where}; nothing was kept"
-            out.failed = True
-            continue
-        finally:
-            if bar is not None:
-                bar.close()
-        _judge(out)
-        if store is not None and out.result is not None and out.result.stats.packets > 0:
-            try:
-                out.capture_id = store.record_analysis(CaptureSource.from_file(path), out.result)
-            except (StoreError, OSError) as exc:
-                out.warnings.append(f"{out.name}: {exc}")
-                out.failed = True
-    return AnalysisReport(outcomes, store.path if store is not None else None)
+            bar = render.ProgressBar.for_file(progress, out.name, out.path.stat().st_size)
+        except OSError:
+            bar = None
+    # The content hash (the capture's identity in the store) costs about as much as the
+    # analysis on big files: compute it on a second thread (hashlib releases the GIL).
+    hashing = pool.submit(CaptureSource.from_file, out.path) if store is not None else None
+    try:
+        result = analyze_file(
+            out.path, lan=lan, vendor_lookup=lookup, progress=bar.update if bar else None
+        )
+    except CaptureFormatError as exc:
+        where = "" if exc.reason.startswith("cannot read") else f" at byte {exc.offset}"
+        out.error = f"{out.name}: {exc.reason}{where}; nothing was kept"
+        out.failed = True
+        if hashing is not None:
+            hashing.cancel()
+        return
+    finally:
+        if bar is not None:
+            bar.close()
+    out.result = result
+    _judge(out)
+    if hashing is None or store is None or result.stats.packets == 0:
+        return
+    try:
+        out.capture_id = store.record_analysis(hashing.result(), result)
+    except StoreError as exc:
+        out.warnings.append(f"{out.name}: not stored: {exc}")
+        out.failed = True
+    except OSError as exc:
+        out.warnings.append(f"{out.name}: not stored: cannot read it again: {exc.strerror or exc}")
+        out.failed = True
 
 
 def _judge(out: FileOutcome) -> None:
