@@ -326,6 +326,9 @@ class Speaker:
                 dur = rng.uniform(*prof.duration_s) * (1.0 if turn == 0 else 0.6)
                 budgets, span = _budgets(dev, prof, dur)
                 preroll = rng.randint(*prof.preroll_frames) if turn == 0 else 0
+                if prof.shape == "peak":
+                    # The peak lands in one UNIX second, as in the real HomePod capture.
+                    t = math.floor(t) + 1.0 + rng.uniform(0.0, 0.08)
                 up, f, last = upstream(dev, conn, t, budgets, prof.frame_sizes, preroll, span)
                 first = f if turn == 0 else first
                 rates += budgets

@@ -234,7 +234,7 @@ def _echo(key: str, label: str, app: BurstProfile, hostname: str) -> SpeakerMode
     )
 
 
-ECHO_DOT = _echo("echo_dot", "Amazon Echo Dot (3rd gen, simulated)", ECHO_DOT_APP, "amazon-{hex}")
+ECHO_DOT = _echo("echo_dot", "Amazon Echo Dot 3rd gen (simulated)", ECHO_DOT_APP, "amazon-{hex}")
 ECHO_STUDIO = _echo(
     "echo_studio", "Amazon Echo Studio (simulated)", ECHO_STUDIO_APP, "amazon-{hex}"
 )
@@ -352,7 +352,7 @@ HOMEPOD_FIRMWARE = BurstProfile(
 )
 HOMEPOD = SpeakerModel(
     key="homepod",
-    label_model="Apple HomePod (1st gen, simulated)",
+    label_model="Apple HomePod 1st gen (simulated)",
     vendor="Apple",
     assistant="siri",
     ouis=("d4:a3:3d", "f0:18:98"),
