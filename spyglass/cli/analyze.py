@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from spyglass.core.analyze import AnalysisResult
 
 TOP_PER_DEVICE = 5
+MAX_NOTES = 3
 EXIT_FAILED = 1
 
 
@@ -182,7 +183,11 @@ def _judge(out: FileOutcome) -> None:
         if p is final and (report.cut_short or report.stopped_early):
             continue
         out.warnings.append(f"{out.name}: warning: byte {p.offset}: {p.message}")
-    out.warnings.extend(f"{out.name}: warning: {m}" for m in out.result.stats.problems)
+    # Decoder notes (a malformed DNS answer, ...) can be many and repetitive: a few say enough.
+    notes = list(dict.fromkeys(out.result.stats.problems))
+    out.warnings.extend(f"{out.name}: note: {_clip(m)}" for m in notes[:MAX_NOTES])
+    if len(notes) > MAX_NOTES:
+        out.warnings.append(f"{out.name}: note: {len(notes) - MAX_NOTES} more like these")
     if report.cut_short or report.stopped_early:
         what = "cut short" if report.cut_short else "stopped early"
         offset = final.offset if final else report.bytes_read
@@ -193,6 +198,10 @@ def _judge(out: FileOutcome) -> None:
     if packets == 0:
         out.error = out.error or f"{out.name}: no packets in the file; nothing was kept"
         out.failed = True
+
+
+def _clip(message: str, limit: int = 160) -> str:
+    return message if len(message) <= limit else message[: limit - 1] + "…"
 
 
 def _short(message: str) -> str:

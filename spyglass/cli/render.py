@@ -191,25 +191,24 @@ def uploads_table(
 
 
 def destinations_table(flows: Sequence[Flow], devices: dict[str, Device], per_device: int) -> str:
-    """The top destinations by upstream bytes, ``per_device`` per device, busiest device first."""
-    by_device: dict[str, list[Flow]] = {}
+    """The top destinations by upstream bytes, ``per_device`` per device, busiest device first.
+
+    Flows to several IPs behind one name (a CDN, a load balancer) count as one destination.
+    """
+    totals: dict[str, dict[tuple[str, str], list[int]]] = {}
     for f in flows:
         if f.bytes_up > 0:
-            by_device.setdefault(f.device_mac, []).append(f)
-    order = sorted(by_device, key=lambda m: -sum(f.bytes_up for f in by_device[m]))
+            per = totals.setdefault(f.device_mac, {})
+            cell = per.setdefault((destination(f), f"{f.proto}/{f.remote_port}"), [0, 0])
+            cell[0] += f.bytes_up
+            cell[1] += f.bytes_down
+    order = sorted(totals, key=lambda m: -sum(c[0] for c in totals[m].values()))
     rows = []
     for mac in order:
-        top = sorted(by_device[mac], key=lambda f: -f.bytes_up)[:per_device]
-        for i, f in enumerate(top):
-            rows.append(
-                [
-                    device_label(devices.get(mac), mac) if i == 0 else "",
-                    destination(f),
-                    f"{f.proto}/{f.remote_port}",
-                    size(f.bytes_up),
-                    size(f.bytes_down),
-                ]
-            )
+        top = sorted(totals[mac].items(), key=lambda kv: -kv[1][0])[:per_device]
+        for i, ((dest, proto), (up, down)) in enumerate(top):
+            label = device_label(devices.get(mac), mac) if i == 0 else ""
+            rows.append([label, dest, proto, size(up), size(down)])
     return table(["DEVICE", "DESTINATION", "PROTO", "UP", "DOWN"], rows, right=(3, 4))
 
 

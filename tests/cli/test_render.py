@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from spyglass.cli import render
-from spyglass.core.models import Device
+from spyglass.core.models import Device, Flow
 
 
 @pytest.fixture
@@ -71,3 +71,18 @@ def test_progress_bar_only_on_a_terminal_for_big_files() -> None:
     assert frames[1].startswith("big.pcap [") and "0%" in frames[1]
     assert frames[2].endswith("100% 100 MB/100 MB")
     assert frames[3] == "\x1b[K"
+
+
+def test_destinations_group_by_name() -> None:
+    mac = "68:db:f5:90:19:64"
+    flows = [
+        Flow(mac, "52.1.1.1", "tcp", 443, bytes_up=5_000, bytes_down=100, remote_name="unagi"),
+        Flow(mac, "52.1.1.2", "tcp", 443, bytes_up=6_000, bytes_down=100, remote_name="unagi"),
+        Flow(mac, "52.9.9.9", "tcp", 443, bytes_up=9_000, bytes_down=0),
+        Flow(mac, "52.9.9.9", "udp", 53, bytes_up=0, bytes_down=500),
+    ]
+    lines = render.destinations_table(flows, {mac: Device(mac, model="Echo")}, 5).splitlines()
+    assert [line.split() for line in lines[1:]] == [
+        ["Echo", "(90:19:64)", "unagi", "tcp/443", "11", "KB", "200", "B"],
+        ["52.9.9.9", "tcp/443", "9.0", "KB", "0", "B"],
+    ]
