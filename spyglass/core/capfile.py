@@ -42,6 +42,7 @@ __all__ = [
 
 MAX_CAPLEN: Final = 256 * 1024  # largest frame we believe (tcpdump's default snaplen)
 _MAX_BLOCK: Final = 64 << 20  # pcapng blocks beyond this are garbage, not data
+_MAX_WIRE: Final = 1 << 24  # wire lengths beyond this (jumbo, offload: <= 256 KiB) are junk
 _MAX_PROBLEMS: Final = 50  # distinct problems listed; repeats of one kind are counted instead
 
 _PCAP_MAGICS: Final = {
@@ -276,6 +277,13 @@ class _Iface:
     tsoffset: int  # seconds added to every timestamp
 
 
+def _wire(wirelen: I64, caplen: npt.NDArray[np.integer[Any]]) -> I32:
+    """Wire lengths, with implausible ones (below caplen, absurdly large) replaced by caplen."""
+    bad = (wirelen < caplen) | (wirelen > _MAX_WIRE)
+    fixed: I32 = np.where(bad, caplen, wirelen).astype(np.int32)
+    return fixed
+
+
 class _Format:
     """What a file format must provide to the chunk loop."""
 
@@ -320,7 +328,8 @@ class _Pcap(_Format):
             caplen = v[cand + 8].astype(np.int64)
             wirelen = v[cand + 12].astype(np.int64)
             nxt = cand + 16 + caplen
-            good = (caplen > 0) & (caplen <= self._cap_limit) & (wirelen >= caplen) & (nxt <= end)
+            good = (caplen > 0) & (caplen <= self._cap_limit) & (nxt <= end)
+            good &= (wirelen >= caplen) & (wirelen <= _MAX_WIRE)
             cand, nxt, brk = self._scratch.chain(cand[good], nxt[good], start)
         else:
             brk = np.zeros(0, np.int64)
@@ -344,11 +353,11 @@ class _Pcap(_Format):
         if caplen == 0:
             self._problems.add("zero", at, f"zero-length record at byte {at} skipped")
             return _SKIP, pos + 16, 0
-        if wirelen < caplen:
+        if not caplen <= wirelen <= _MAX_WIRE:
             self._problems.add(
                 "wirelen",
                 at,
-                f"record at byte {at} has wire length {wirelen} < captured {caplen}; "
+                f"record at byte {at} has wire length {wirelen} for {caplen} captured bytes; "
                 "wire length taken as the captured length",
             )
         return _REC, pos + 16 + caplen, 0
@@ -362,7 +371,7 @@ class _Pcap(_Format):
         sec = _field(hdr, 16, 0, u32)
         frac = _field(hdr, 16, 4, u32)
         caplen = _field(hdr, 16, 8, u32).astype(np.int32)
-        wirelen = np.maximum(_field(hdr, 16, 12, u32), caplen).astype(np.int32)
+        wirelen = _wire(_field(hdr, 16, 12, u32).astype(np.int64), caplen)
         ts: F64 = sec + frac * self._frac
         if self._zone:
             ts += self._zone
@@ -408,6 +417,7 @@ class _PcapNg(_Format):
                 & (caplen > 0)
                 & (caplen + 32 <= blen)
                 & (v[cand + 24] >= caplen)
+                & (v[cand + 24] <= _MAX_WIRE)
             )
             cand, nxt, brk = self._scratch.chain(cand[good], nxt[good], start)
         else:
@@ -484,11 +494,11 @@ class _PcapNg(_Format):
         if caplen == 0:
             self._problems.add("zero", at, f"zero-length packet at byte {at} skipped")
             return _SKIP, pos + blen, 0
-        if wirelen < caplen:
+        if not caplen <= wirelen <= _MAX_WIRE:
             self._problems.add(
                 "wirelen",
                 at,
-                f"packet at byte {at} has wire length {wirelen} < captured {caplen}; "
+                f"packet at byte {at} has wire length {wirelen} for {caplen} captured bytes; "
                 "wire length taken as the captured length",
             )
         return _REC, pos + blen, _KIND_EPB if btype == _EPB else _KIND_PB
@@ -626,7 +636,7 @@ class _PcapNg(_Format):
             ts = np.where(idx >= 0, ts[np.maximum(idx, 0)], self._last_ts)
         self._last_ts = float(ts[-1])
         caplen32: I32 = caplen.astype(np.int32)
-        wirelen32: I32 = np.maximum(wirelen, caplen).astype(np.int32)
+        wirelen32 = _wire(wirelen, caplen)
         return FrameBatch(buf, data, caplen32, wirelen32, ts, linktype)
 
 
