@@ -439,29 +439,52 @@ class Store:
             raise KeyError(f"no upload with id {upload_id}")
 
     def prune(self, now: float | None = None) -> dict[str, int]:
-        """Delete series, flows, uploads and names older than the retention; counts per table."""
+        """Forget what is older than the retention; returns the rows deleted per table.
+
+        Live data ages by its own timestamps: series, flows and uploads older than the cutoff
+        go (uploads are small, so they stay as long as the series). An imported file ages by
+        its import time, not by when it was recorded (a researcher's 2019 capture imported
+        today stays): a file imported before the cutoff is forgotten whole.
+        """
         now = time.time() if now is None else now
         cutoff = now - self.retention_days * 86400
-        counts: dict[str, int] = {}
+        counts = {"series": 0, "flows": 0, "uploads": 0, "captures": 0}
         with self._guard("pruning", "nothing was deleted"), self.db.atomic():
             conn = self._conn
-            macs = [r[0] for r in conn.execute("SELECT mac FROM devices")]
-            # Per device, so the (device_mac, second) index serves the delete; every series row
-            # has a devices row (_write makes sure).
-            counts["series"] = sum(
-                conn.execute(
-                    "DELETE FROM series WHERE device_mac = ? AND second < ?", (mac, int(cutoff))
+            for cid, first, last in conn.execute(
+                "SELECT id, first_ts, last_ts FROM captures WHERE kind = 'file' "
+                "AND imported_at < ?",
+                (cutoff,),
+            ).fetchall():
+                counts["flows"] += conn.execute(
+                    "SELECT COUNT(*) FROM flows WHERE capture_id = ?", (cid,)
+                ).fetchone()[0]
+                counts["series"] += self._forget_rows(cid, (first, last))
+                counts["uploads"] += conn.execute(
+                    "DELETE FROM uploads WHERE capture_id = ?", (cid,)
                 ).rowcount
-                for mac in macs
-            )
-            counts["flows"] = conn.execute(
-                "DELETE FROM flows WHERE last_seen < ?", (cutoff,)
-            ).rowcount
-            counts["uploads"] = conn.execute(
-                'DELETE FROM uploads WHERE start < ? AND "end" < ?', (cutoff, cutoff)
-            ).rowcount
-            counts["endpoint_names"] = conn.execute(
-                "DELETE FROM endpoint_names WHERE last_seen < ?", (cutoff,)
+                conn.execute("DELETE FROM captures WHERE id = ?", (cid,))
+                counts["captures"] += 1
+            live = [r[0] for r in conn.execute("SELECT id FROM captures WHERE kind = 'live'")]
+            marks = ",".join("?" * len(live))
+            if live:
+                # Per device, so the primary key (device_mac, second, ...) serves the delete;
+                # every series row has a devices row (_write makes sure).
+                for (mac,) in conn.execute("SELECT mac FROM devices").fetchall():
+                    counts["series"] += conn.execute(
+                        "DELETE FROM series WHERE device_mac = ? AND second < ? "
+                        f"AND capture_id IN ({marks})",
+                        (mac, int(cutoff), *live),
+                    ).rowcount
+                counts["flows"] += conn.execute(
+                    f"DELETE FROM flows WHERE last_seen < ? AND capture_id IN ({marks})",
+                    (cutoff, *live),
+                ).rowcount
+            # Uploads of live capture (or of none): by their own time.
+            counts["uploads"] += conn.execute(
+                'DELETE FROM uploads WHERE "end" < ? AND (capture_id IS NULL OR capture_id IN '
+                "(SELECT id FROM captures WHERE kind = 'live'))",
+                (cutoff,),
             ).rowcount
         return counts
 
@@ -514,12 +537,13 @@ class Store:
             )
         return int(row[0]), (row[1], row[2])
 
-    def _forget_rows(self, cid: int, span: tuple[float | None, float | None]) -> None:
-        """Delete a capture's series and flows (before writing them again)."""
+    def _forget_rows(self, cid: int, span: tuple[float | None, float | None]) -> int:
+        """Delete a capture's series and flows; returns how many series rows went."""
         conn = self._conn
         first, last = span
+        deleted = 0
         if first is None or last is None:
-            conn.execute("DELETE FROM series WHERE capture_id = ?", (cid,))
+            deleted = conn.execute("DELETE FROM series WHERE capture_id = ?", (cid,)).rowcount
         else:
             # Per device over the capture's span: a slice of the primary key, not a full scan.
             bounds = (math.floor(first) - 1, math.ceil(last) + 1, cid)
@@ -528,12 +552,13 @@ class Store:
                 "UNION SELECT mac FROM devices",
                 (cid,),
             ).fetchall():
-                conn.execute(
+                deleted += conn.execute(
                     "DELETE FROM series WHERE device_mac = ? AND second BETWEEN ? AND ? "
                     "AND capture_id = ?",
                     (mac, *bounds),
-                )
+                ).rowcount
         conn.execute("DELETE FROM flows WHERE capture_id = ?", (cid,))
+        return deleted
 
     def _write(
         self,

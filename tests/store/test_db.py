@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -303,20 +304,37 @@ def test_verdicts(store: Store) -> None:
         store.set_verdict(up.id + 1, "me")
 
 
-def test_prune(store: Store) -> None:
+def test_prune_live_data_by_its_age(store: Store) -> None:
     day = 86400
-    store.record_analysis(src("old"), result(T0))
-    store.record_analysis(src("new"), result(T0 + 300 * day))
+    cid = store.live_capture("eth0")
+    old = [SeriesPoint(ECHO, "52.1.2.3", T0 + s, 100, 1, 1, 1) for s in range(10)]
+    new = [SeriesPoint(ECHO, "52.1.2.3", T0 + 300 * day + s, 100, 1, 1, 1) for s in range(5)]
+    old_flow = Flow(ECHO, "52.1.2.3", "tcp", 443, 1, 1, 1, 1, T0, T0 + 10)
+    store.write_live(cid, series=old, flows=[old_flow], uploads=[upload(T0 + 1)])
+    store.write_live(cid, series=new, uploads=[upload(T0 + 300 * day)])
     assert store.retention_days == 365
-    counts = store.prune(now=T0 + 200 * day)
-    assert counts == {"series": 0, "flows": 0, "uploads": 0, "endpoint_names": 0}
+    none = store.prune(now=T0 + 200 * day)
+    assert none == {"series": 0, "flows": 0, "uploads": 0, "captures": 0}
     store.set_retention_days(30)
     counts = store.prune(now=T0 + 301 * day)
-    assert counts["series"] == 60 and counts["uploads"] == 1
-    assert [u.start for u in store.uploads()] == [T0 + 300 * day + 10.25]
-    assert count(store, "series") == 60
+    assert counts == {"series": 10, "flows": 1, "uploads": 1, "captures": 0}
+    assert [u.start for u in store.uploads()] == [T0 + 300 * day]
+    assert count(store, "series") == 5
     with pytest.raises(ValueError):
         store.set_retention_days(0)
+
+
+def test_prune_files_by_import_time(store: Store) -> None:
+    day = 86400
+    store.set_retention_days(30)
+    # Recorded long ago, imported now: kept.
+    store.record_analysis(src("old"), result(T0))
+    assert store.prune(now=time.time())["series"] == 0
+    assert count(store, "series") == 60
+    counts = store.prune(now=time.time() + 31 * day)
+    assert counts == {"series": 60, "flows": 1, "uploads": 1, "captures": 1}
+    assert count(store, "series") == 0 and count(store, "flows") == 0
+    assert store.uploads() == [] and store.captures() == []
 
 
 def test_bad_retention_setting_falls_back(store: Store) -> None:
