@@ -227,8 +227,8 @@ class UploadDetector:
             evidence.append("QUIC (UDP/443)")
         return Upload(
             device_mac=key[0],
-            start=run.start,
-            end=run.last_media + cfg.bin_s,
+            start=round(run.start, 3),
+            end=round(run.last_media + cfg.bin_s, 3),
             bytes_up=run.up_bytes,
             peak_bps=max(run.per_second.values(), default=0),
             destination=hint.name or key[1],

@@ -1,0 +1,140 @@
+"""The home's devices (keyed by MAC) and the names each of them used for its remote endpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from spyglass.core.endpoints import assistant_for_vendor
+from spyglass.core.identify import DeviceIdentifier, Identity
+from spyglass.core.models import Device, EndpointName
+
+VendorLookup = Callable[[str], str | None]
+
+# Vendors that make smart speakers; with no contrary evidence their devices are treated as
+# speakers (the CIC captures carry nothing but the OUI to go on).
+SPEAKER_VENDORS = ("amazon", "google", "sonos", "apple")
+
+
+@dataclass(slots=True)
+class _DeviceState:
+    mac: str
+    vendor: str | None
+    ident: DeviceIdentifier
+    first_seen: float
+    last_seen: float
+    ips: dict[str, float] = field(default_factory=dict)  # ip -> last seen
+    identity: Identity | None = None  # cached; cleared by new evidence
+
+
+class Inventory:
+    def __init__(self, vendor_lookup: VendorLookup | None = None) -> None:
+        self._vendor_lookup = vendor_lookup
+        self._devices: dict[str, _DeviceState] = {}
+
+    def __contains__(self, mac: str) -> bool:
+        return mac in self._devices
+
+    def __len__(self) -> int:
+        return len(self._devices)
+
+    def touch(self, mac: str, first: float, last: float) -> _DeviceState:
+        st = self._devices.get(mac)
+        if st is None:
+            vendor = self._vendor_lookup(mac) if self._vendor_lookup else None
+            ident = DeviceIdentifier()
+            ident.add_vendor(vendor)
+            st = _DeviceState(mac, vendor, ident, first, last)
+            self._devices[mac] = st
+        else:
+            st.first_seen = min(st.first_seen, first)
+            st.last_seen = max(st.last_seen, last)
+        return st
+
+    def add_ip(self, mac: str, ip: str, ts: float) -> None:
+        st = self.touch(mac, ts, ts)
+        st.ips[ip] = max(ts, st.ips.get(ip, ts))
+
+    def identifier(self, mac: str, ts: float) -> DeviceIdentifier:
+        """The device's evidence collector; the caller is about to add evidence."""
+        st = self.touch(mac, ts, ts)
+        st.identity = None
+        return st.ident
+
+    def identity(self, mac: str) -> Identity | None:
+        st = self._devices.get(mac)
+        if st is None:
+            return None
+        if st.identity is None:
+            st.identity = st.ident.identity()
+        return st.identity
+
+    def vendor(self, mac: str) -> str | None:
+        st = self._devices.get(mac)
+        return st.vendor if st else None
+
+    def is_speaker(self, mac: str) -> bool:
+        ident = self.identity(mac)
+        if ident is not None and ident.kind is not None:
+            return ident.kind == "speaker"
+        vendor = (self.vendor(mac) or "").lower()
+        return any(v in vendor for v in SPEAKER_VENDORS)
+
+    def assistant(self, mac: str) -> str | None:
+        ident = self.identity(mac)
+        if ident is not None and ident.assistant:
+            return ident.assistant
+        return assistant_for_vendor(self.vendor(mac))
+
+    def devices(self) -> list[Device]:
+        out = []
+        for st in sorted(self._devices.values(), key=lambda s: s.first_seen):
+            ident = self.identity(st.mac)
+            out.append(
+                Device(
+                    mac=st.mac,
+                    vendor=st.vendor,
+                    kind=ident.kind if ident else None,
+                    model=ident.model if ident else None,
+                    assistant=ident.assistant if ident else None,
+                    names=st.ident.names(),
+                    ips=sorted(st.ips, key=lambda ip: -st.ips[ip]),
+                    evidence=[f"{e.source}: {e.detail}" for e in ident.evidence] if ident else [],
+                    first_seen=st.first_seen,
+                    last_seen=st.last_seen,
+                )
+            )
+        return out
+
+
+class NameBook:
+    """Per device, the names it resolved (DNS answers it received) or asked for (TLS SNI).
+
+    A name one device resolved is never assumed for another device talking to the same IP:
+    shared CDN addresses serve many names.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str, str, str], EndpointName] = {}
+        self._best: dict[tuple[str, str], tuple[str, str]] = {}  # (mac, ip) -> (name, source)
+
+    def learn(self, mac: str, ip: str, name: str, source: str, ts: float) -> None:
+        name = name.lower().rstrip(".")
+        key = (mac, ip, name, source)
+        e = self._entries.get(key)
+        if e is None:
+            self._entries[key] = EndpointName(mac, ip, name, source, ts, ts)
+        else:
+            e.first_seen = min(e.first_seen, ts)
+            e.last_seen = max(e.last_seen, ts)
+        best = self._best.get((mac, ip))
+        # SNI names what the device actually connected to; it wins over a DNS answer.
+        if best is None or source == "sni" or best[1] != "sni":
+            self._best[(mac, ip)] = (name, source)
+
+    def name_for(self, mac: str, ip: str) -> str | None:
+        best = self._best.get((mac, ip))
+        return best[0] if best else None
+
+    def entries(self) -> list[EndpointName]:
+        return sorted(self._entries.values(), key=lambda e: (e.device_mac, e.first_seen))

@@ -1,0 +1,162 @@
+"""The few packets whose payload is read: DNS, mDNS, DHCP, SSDP, TLS ClientHello, ARP.
+
+They are picked out of a decoded batch with array masks, then parsed one by one. A malformed
+payload is counted and sampled into the problems list; it never stops the capture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from spyglass.core.decode import ip_str, mac_str
+from spyglass.core.frames import I64, Decoded
+from spyglass.core.inventory import Inventory, NameBook
+from spyglass.core.proto import MalformedPayload
+from spyglass.core.proto.arp import parse_arp
+from spyglass.core.proto.dhcp import parse_dhcp
+from spyglass.core.proto.dns import parse_dns, resolve_chain
+from spyglass.core.proto.mdns import mdns_info
+from spyglass.core.proto.ssdp import parse_ssdp
+from spyglass.core.proto.tls import client_hello_sni
+
+ETH_ARP = 0x0806
+UDP, TCP = 17, 6
+MAX_SAMPLES = 20  # malformed-payload messages kept verbatim; the rest are only counted
+
+
+@dataclass(slots=True)
+class SlowPathStats:
+    parsed: dict[str, int] = field(default_factory=dict)
+    malformed: dict[str, int] = field(default_factory=dict)
+    samples: list[str] = field(default_factory=list)
+
+    def bad(self, kind: str, ts: float, err: Exception) -> None:
+        self.malformed[kind] = self.malformed.get(kind, 0) + 1
+        if len(self.samples) < MAX_SAMPLES:
+            self.samples.append(f"malformed {kind} payload in packet at t={ts:.6f}: {err}")
+
+
+class SlowPath:
+    def __init__(self, inventory: Inventory, names: NameBook) -> None:
+        self.inventory = inventory
+        self.names = names
+        self.stats = SlowPathStats()
+
+    def select(self, d: Decoded, arr: np.ndarray, up: np.ndarray) -> I64:
+        """Rows worth a payload parse. ``arr`` is the batch buffer as uint8, ``up`` the
+        device-to-internet mask (ClientHellos are only read going out)."""
+        udp = (d.proto == UDP) & ~d.malformed & (d.payload_cap > 0)
+        sp, dp = d.sport, d.dport
+        mask = udp & (
+            (sp == 53) | (sp == 5353) | (dp == 5353) | (sp == 67) | (sp == 68)
+            | (sp == 1900) | (dp == 1900)
+        )
+        mask |= (d.ethertype == ETH_ARP) & (d.payload_cap >= 28)
+        tcp = (d.proto == TCP) & up & (d.payload_cap >= 6) & ~d.malformed
+        rows = np.flatnonzero(tcp)
+        if rows.size:
+            off = d.payload_off[rows]
+            hello = (arr[off] == 0x16) & (arr[off + 5] == 0x01)
+            mask[rows[hello]] = True
+        return np.flatnonzero(mask)
+
+    def handle(self, d: Decoded, buf: bytes, rows: I64) -> None:
+        for i in rows.tolist():
+            off = int(d.payload_off[i])
+            payload = buf[off : off + int(d.payload_cap[i])]
+            ts = float(d.ts[i])
+            if d.ethertype[i] == ETH_ARP:
+                self._arp(payload, ts)
+            elif d.proto[i] == TCP:
+                self._tls(d, i, payload, ts)
+            else:
+                self._udp(d, i, payload, ts)
+
+    # -- per protocol ------------------------------------------------------------------
+    def _count(self, kind: str) -> None:
+        self.stats.parsed[kind] = self.stats.parsed.get(kind, 0) + 1
+
+    def _arp(self, payload: bytes, ts: float) -> None:
+        try:
+            info = parse_arp(payload)
+        except MalformedPayload as e:
+            self.stats.bad("ARP", ts, e)
+            return
+        self._count("arp")
+        if info.sender_ip != "0.0.0.0" and info.sender_mac != "00:00:00:00:00:00":
+            self.inventory.add_ip(info.sender_mac, info.sender_ip, ts)
+
+    def _tls(self, d: Decoded, i: int, payload: bytes, ts: float) -> None:
+        try:
+            sni = client_hello_sni(payload)
+        except MalformedPayload as e:
+            self.stats.bad("TLS ClientHello", ts, e)
+            return
+        if sni:
+            self._count("tls-sni")
+            mac = mac_str(int(d.src_mac[i]))
+            self.names.learn(mac, ip_str(int(d.dst_hi[i]), int(d.dst_lo[i])), sni, "sni", ts)
+            self.inventory.identifier(mac, ts).add_domain(sni, "sni")
+
+    def _udp(self, d: Decoded, i: int, payload: bytes, ts: float) -> None:
+        sp, dp = int(d.sport[i]), int(d.dport[i])
+        if sp == 53:
+            self._dns_answer(d, i, payload, ts)
+        elif sp == 5353 or dp == 5353:
+            self._mdns(d, i, payload, ts)
+        elif sp in (67, 68):
+            self._dhcp(payload, ts)
+        else:
+            self._ssdp(d, i, payload, ts)
+
+    def _dns_answer(self, d: Decoded, i: int, payload: bytes, ts: float) -> None:
+        try:
+            msg = parse_dns(payload)
+        except MalformedPayload as e:
+            self.stats.bad("DNS", ts, e)
+            return
+        self._count("dns")
+        if not msg.is_response:
+            return
+        mac = mac_str(int(d.dst_mac[i]))  # the device that asked
+        for ip, name in resolve_chain(msg):
+            self.names.learn(mac, ip, name, "dns", ts)
+        for qname, _ in msg.questions:
+            self.inventory.identifier(mac, ts).add_domain(qname, "dns")
+
+    def _mdns(self, d: Decoded, i: int, payload: bytes, ts: float) -> None:
+        try:
+            msg = parse_dns(payload)
+        except MalformedPayload as e:
+            self.stats.bad("mDNS", ts, e)
+            return
+        self._count("mdns")
+        if not msg.is_response or not (msg.answers or msg.additionals):
+            return
+        mac = mac_str(int(d.src_mac[i]))  # the announcer speaks about itself
+        self.inventory.identifier(mac, ts).add_mdns(mdns_info(msg))
+
+    def _dhcp(self, payload: bytes, ts: float) -> None:
+        try:
+            info = parse_dhcp(payload)
+        except MalformedPayload as e:
+            self.stats.bad("DHCP", ts, e)
+            return
+        self._count("dhcp")
+        self.inventory.identifier(info.client_mac, ts).add_dhcp(info)
+        if info.your_ip and info.your_ip != "0.0.0.0":
+            self.inventory.add_ip(info.client_mac, info.your_ip, ts)
+
+    def _ssdp(self, d: Decoded, i: int, payload: bytes, ts: float) -> None:
+        try:
+            info = parse_ssdp(payload)
+        except MalformedPayload as e:
+            self.stats.bad("SSDP", ts, e)
+            return
+        self._count("ssdp")
+        if info.method == "M-SEARCH":
+            return  # a search says nothing about the searcher
+        mac = mac_str(int(d.src_mac[i]))
+        self.inventory.identifier(mac, ts).add_ssdp(info)
