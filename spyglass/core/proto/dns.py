@@ -235,25 +235,31 @@ def resolve_chain(msg: DnsMessage) -> list[tuple[str, str]]:
     the chain stands in for it.
     """
     back: dict[str, str] = {}  # CNAME target -> owner
+    addrs: list[DnsRecord] = []
     for rec in msg.answers:
-        if rec.rtype == CNAME:
+        rtype = rec.rtype
+        if rtype in (A, AAAA):
+            addrs.append(rec)
+        elif rtype == CNAME:
             back.setdefault(rec.value.lower(), rec.name.lower())
+    if not addrs:
+        return []
     asked = {q.lower() for q, _ in msg.questions}
+    heads: dict[str, str] = {}  # owner -> asked-for name, walked once per owner
     out: list[tuple[str, str]] = []
-    seen: set[tuple[str, str]] = set()
-    for rec in msg.answers:
-        if rec.rtype != A and rec.rtype != AAAA:
-            continue
+    for rec in addrs:
         owner = rec.name.lower()
-        head = owner
-        visited = {head}
-        while head not in asked and head in back:
-            head = back[head]
-            if head in visited:  # a CNAME loop in the answer: stop where it closes
-                break
-            visited.add(head)
-        for pair in ((rec.value, head), (rec.value, owner)):
-            if pair not in seen:
-                seen.add(pair)
-                out.append(pair)
+        head = heads.get(owner)
+        if head is None:
+            head = owner
+            steps = 0
+            while head not in asked and head in back and steps < len(back):  # bounded: loops
+                head = back[head]
+                steps += 1
+            heads[owner] = head
+        out.append((rec.value, head))
+        if owner != head:
+            out.append((rec.value, owner))
+    if len(out) != len(set(out)):  # a repeated record: keep the first of each pair
+        out = list(dict.fromkeys(out))
     return out
