@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import os
 import shutil
 import struct
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -184,3 +186,40 @@ def test_simulate_and_demo(cli: Cli, tmp_path: Path, data_dir: Path) -> None:
     assert doc["devices"] and doc["files"][0]["packets"] > 0
     with Store.open(data_dir / "demo.db") as store:
         assert len(store.captures()) == 1  # the same simulation twice is the same capture
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.root
+@pytest.mark.captures
+def test_disk_full_while_storing(
+    cli: Cli, captures: Path, tmp_path: Path, small_tmpfs: Path
+) -> None:
+    home = tmp_path / "home.pcap"
+    cli("simulate", home, "--duration", "300")
+    db = small_tmpfs / "spyglass.db"
+    ran = cli("analyze", "--db", db, captures / ECHO_FILE, home)
+    assert ran.rc == 1
+    assert ran.err == (
+        f"home.pcap: not stored: store: disk full writing {db}; "
+        "the capture's rows were not written, earlier data is intact\n"
+    )
+    # The summary still shows both files, and the first one's rows are in the store.
+    assert "home.pcap: " in ran.out and f"{ECHO_FILE}: 2,778 packets" in ran.out
+    with Store.open(db) as store:
+        assert [Path(c.path).name for c in store.captures()] == [ECHO_FILE]
