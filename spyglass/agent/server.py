@@ -14,19 +14,23 @@ import logging
 import os
 import pwd
 import socket
+import sqlite3
 import stat
 import struct
 import threading
+import urllib.parse
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
+from sqlite_utils import Database
+
 from spyglass import __version__
 from spyglass.api import protocol as p
 from spyglass.core.models import Device, Upload
-from spyglass.store.db import Store
+from spyglass.store.db import Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,7 @@ MAX_CLIENTS = 64
 DEFAULT_GROUP = "spyglass"
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes with the terminating NUL
 _READ_CHUNK = 64 * 1024
+_BATCH_BYTES = 16 * 1024
 
 
 class AgentServerError(Exception):
@@ -62,39 +67,94 @@ class Backend(Protocol):
 class StoreBackend:
     """Serves the API from the agent's SQLite store, plus the agent's live status.
 
-    Each call opens its own short-lived connection: sqlite3 connections belong to the thread
-    that opened them, and a separate reader never waits for the agent's writes (WAL).
+    Reads go through a few read-only connections of its own, never the agent's writer: a
+    reader never waits for the agent's writes (WAL), and the API cannot change the store.
+    Opening one per request would cost milliseconds, so they are kept; :meth:`close` ends them.
     """
 
-    def __init__(self, store: Store | str | Path, status_fn: Callable[[], dict[str, Any]]):
+    def __init__(
+        self,
+        store: Store | str | Path,
+        status_fn: Callable[[], dict[str, Any]],
+        *,
+        timeout: float = 5.0,
+    ) -> None:
         path = store.path if isinstance(store, Store) else Path(store)
         if path is None:
             raise ValueError(
                 "StoreBackend needs a store on disk: an in-memory store cannot be read from "
                 "the API's worker threads"
             )
-        self.path = path
+        self.path = Path(path).resolve()
+        self.timeout = timeout
         self._status_fn = status_fn
+        self._idle: list[Store] = []
+        self._lock = threading.Lock()
+        self._closed = False
 
     def status(self) -> dict[str, Any]:
         return dict(self._status_fn())
 
     def devices(self) -> list[Device]:
-        with Store.open(self.path) as store:
+        with self._reader() as store:
             return store.devices()
 
     def uploads(
         self, device: str | None, since: float | None, until: float | None
     ) -> list[Upload]:
-        with Store.open(self.path) as store:
+        with self._reader() as store:
             return list(store.uploads(device, since, until))
 
     def series(
         self, device: str | None, since: float, until: float, resolution_s: int
     ) -> list[dict[str, Any]]:
-        with Store.open(self.path) as store:
+        with self._reader() as store:
             points = store.series(device, since, until, resolution_s)
         return [{"t": pt.second, "up": pt.bytes_up, "down": pt.bytes_down} for pt in points]
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for store in idle:
+            store.close()
+
+    def __enter__(self) -> StoreBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[Store]:
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"store: {self.path} is closed for the API; nothing was read")
+            store = self._idle.pop() if self._idle else None
+        if store is None:
+            store = self._open()
+        try:
+            yield store
+        except BaseException:
+            store.close()  # may be broken; the next call opens a fresh one
+            raise
+        with self._lock:
+            if self._closed:
+                store.close()
+            else:
+                self._idle.append(store)
+
+    def _open(self) -> Store:
+        uri = f"file:{urllib.parse.quote(str(self.path))}?mode=ro"
+        try:
+            # Used by one worker thread at a time, but not always the same one.
+            conn = sqlite3.connect(uri, uri=True, timeout=self.timeout, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"store: cannot open {self.path} for reading ({exc}); nothing was read"
+            ) from exc
+        conn.isolation_level = None
+        return Store(Database(conn, execute_plugins=False), self.path)
 
 
 class _Subscriber:
@@ -124,13 +184,19 @@ class _Subscriber:
             self.wake_pending = True
             return True
 
-    def take(self) -> tuple[bytes | None, int]:
+    def take(self, budget: int) -> tuple[list[bytes], int]:
+        """Queued lines up to about ``budget`` bytes, and how many were dropped before them."""
+        lines: list[bytes] = []
+        size = 0
         with self.lock:
             dropped, self.dropped = self.dropped, 0
-            if self.queue:
-                return self.queue.popleft(), dropped
-            self.wake_pending = False
-            return None, dropped
+            while self.queue and size < budget:
+                line = self.queue.popleft()
+                lines.append(line)
+                size += len(line)
+            if not lines:
+                self.wake_pending = False
+            return lines, dropped
 
 
 class _Connection:
@@ -391,12 +457,13 @@ class AgentServer:
         loop = self._loop
         if not subscribers or loop is None:
             return
+        payload: Mapping[str, Any]
         if isinstance(data, Upload):
             payload = p.upload_to_dict(data)
         elif isinstance(data, Device):
             payload = p.device_to_dict(data)
         else:
-            payload = dict(data)
+            payload = data  # p.event() copies it
         try:
             line = p.encode(p.event(event_name, payload))
         except (TypeError, ValueError) as exc:
@@ -424,12 +491,13 @@ class AgentServer:
                 await sub.wake.wait()
                 sub.wake.clear()
                 while True:
-                    line, dropped = sub.take()
+                    # Batches: one write and one drain per batch, not per event.
+                    lines, dropped = sub.take(_BATCH_BYTES)
                     if dropped:
                         conn.writer.write(p.encode(p.event(p.DROPPED_EVENT, {"count": dropped})))
-                    if line is None:
+                    if not lines:
                         break
-                    await conn.send(line)
+                    await conn.send(b"".join(lines))
         except (ConnectionError, OSError):
             conn.writer.transport.abort()
 

@@ -102,10 +102,13 @@ class Request:
 # -- encoding ----------------------------------------------------------------------------------
 
 
+# One encoder for every line: json.dumps() with options builds a new one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def encode(message: Mapping[str, Any]) -> bytes:
     """One wire line. NaN/inf are refused: they are not JSON and other clients choke on them."""
-    text = json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    return text.encode("utf-8") + b"\n"
+    return (_ENCODER.encode(message) + "\n").encode("utf-8")
 
 
 def request(request_id: int | str, op: str, **params: Any) -> dict[str, Any]:

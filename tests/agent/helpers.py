@@ -82,8 +82,9 @@ def sock_path(short_dir: Path) -> Path:
 
 
 @pytest.fixture
-def backend(db_path: Path) -> StoreBackend:
-    return StoreBackend(db_path, lambda: dict(STATUS))
+def backend(db_path: Path) -> Iterator[StoreBackend]:
+    with StoreBackend(db_path, lambda: dict(STATUS)) as b:
+        yield b
 
 
 @pytest.fixture

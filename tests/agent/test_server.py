@@ -14,7 +14,8 @@ import pytest
 from spyglass import __version__
 from spyglass.agent.server import AgentServer, AgentServerError, StoreBackend
 from spyglass.api.client import AgentClient
-from spyglass.store.db import Store
+from spyglass.core.models import Device
+from spyglass.store.db import Store, StoreError
 from tests.agent.helpers import DAY, ECHO, NEST, STATUS, T0, Raw, make_upload
 
 # -- the wire ------------------------------------------------------------------------------------
@@ -198,7 +199,7 @@ def test_backend_failure_is_an_internal_error_and_the_connection_lives(
 ) -> None:
     bad = tmp_path / "not-a-db.db"
     bad.write_bytes(b"this is not sqlite" * 100)
-    with AgentServer(short_dir / "a.sock", StoreBackend(bad, dict)) as srv:
+    with StoreBackend(bad, dict) as backend, AgentServer(short_dir / "a.sock", backend) as srv:
         conn = Raw(Path(srv.path))
         reply = conn.ask({"v": 1, "id": 1, "op": "devices"})
         assert error_of(reply) == "internal"
@@ -426,6 +427,22 @@ def test_member_of_the_sockets_group_is_allowed(open_dir: Path, backend: StoreBa
     msg = json.loads(out.split(b"\n")[0])
     assert msg["ok"] is True, msg
     assert msg["result"]["server"] == "spyglass-agent"
+
+
+def test_reads_see_the_agents_later_writes_and_never_write(
+    sock_path: Path, db_path: Path
+) -> None:
+    with (
+        Store.open(db_path) as writer,
+        StoreBackend(writer, dict) as backend,
+        AgentServer(sock_path, backend),
+        AgentClient(sock_path) as client,
+    ):
+        assert len(client.devices()) == 2
+        writer.write_live(writer.live_capture("eth0"), devices=[Device("00:11:22:33:44:55")])
+        assert len(client.devices()) == 3
+        with pytest.raises(StoreError, match="read-only"), backend._reader() as store:
+            store.set_setting("retention_days", "1")
 
 
 def test_store_backend_refuses_a_memory_store() -> None:
