@@ -1,0 +1,463 @@
+"""Live frames through a memory-mapped TPACKET_V3 receive ring, the way libpcap reads them.
+
+The kernel writes frames into blocks of a ring shared with us and hands a block over when it is
+full or its retire timeout expires. A batch is one bytes copy of the ready blocks (headers
+included, so no per-frame copy) plus the frame positions, gathered with numpy; the blocks go
+back to the kernel right after the copy. No system call per frame, and none at all while
+blocks are ready.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import math
+import mmap
+import os
+import select
+import socket
+import struct
+import time
+
+import numpy as np
+
+from spyglass.capture.bpf import BpfProgram, SockFprog, compile_filter
+from spyglass.capture.live import (
+    _GONE_ERRNOS,
+    _NETNS_SELF,
+    ARPHRD_ETHER,
+    ARPHRD_LOOPBACK,
+    DEFAULT_SNAPLEN,
+    ETH_P_ALL,
+    IFF_UP,
+    PACKET_ADD_MEMBERSHIP,
+    PACKET_MR_PROMISC,
+    PACKET_STATISTICS,
+    SIOCGIFFLAGS,
+    SIOCGIFINDEX,
+    SO_ATTACH_FILTER,
+    SOL_PACKET,
+    CaptureStats,
+    InterfaceGone,
+    _in_netns,
+)
+from spyglass.capture.privileges import check_capture_privileges
+from spyglass.core.frames import LINKTYPE_ETHERNET, FrameBatch
+
+# linux/if_packet.h
+PACKET_RX_RING = 5
+PACKET_VERSION = 10
+TPACKET_V3 = 2
+TP_STATUS_KERNEL = 0
+TP_STATUS_USER = 1
+_REQ3 = struct.Struct("7I")  # struct tpacket_req3
+_STATS3 = struct.Struct("III")  # struct tpacket_stats_v3
+
+# Offsets (in 32-bit words) in struct tpacket_block_desc / tpacket_hdr_v1.
+_BLK_STATUS, _BLK_NUM_PKTS, _BLK_FIRST, _BLK_LEN = 2, 3, 4, 5
+# struct tpacket3_hdr: next_offset, sec, nsec, snaplen, len, status (u32), then tp_mac (u16).
+_HDR_WORDS = np.arange(1, 5, dtype=np.int64)  # sec, nsec, snaplen, len
+_HDR_MAC_HALF = 12  # tp_mac is the 12th 16-bit word
+
+DEFAULT_BLOCK_SIZE = 1 << 20
+DEFAULT_BLOCK_COUNT = 32  # 32 MiB: about 0.5 s of 200-byte datagrams at 200k/s
+MIN_BLOCK_COUNT = 4
+DEFAULT_RETIRE_MS = 50  # a quiet network still delivers within this
+FRAME_SIZE = 2048  # nominal: TPACKET_V3 packs frames of any size into a block
+
+
+class RingUnavailable(OSError):
+    """The kernel would not give this socket a TPACKET_V3 ring (old kernel, no memory)."""
+
+
+class _Ring:
+    """One open socket with its mapped ring, and the views the reader walks it through."""
+
+    def __init__(self, sock: socket.socket, ifindex: int, block_size: int, block_count: int):
+        self.sock = sock
+        self.ifindex = ifindex
+        self.block_size = block_size
+        self.block_count = block_count
+        size = block_size * block_count
+        # Python's mmap dup()s the fd: close() below must close the map as well as the socket.
+        self.mm = mmap.mmap(sock.fileno(), size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.mv = memoryview(self.mm)
+        self.mv32 = self.mv.cast("I")
+        self.a32 = np.frombuffer(self.mm, dtype=np.uint32)
+        self.a16 = np.frombuffer(self.mm, dtype=np.uint16)
+        self.cur = 0  # the next block to hand out, in the kernel's order
+
+    def close(self) -> None:
+        # Every export of the map must be gone before it can be unmapped.
+        empty = np.empty(0, dtype=np.uint32)
+        self.a32, self.a16 = empty, empty.view(np.uint16)
+        self.mv32.release()
+        self.mv.release()
+        with contextlib.suppress(BufferError):  # a view escaped: unmapped once collected
+            self.mm.close()
+        self.sock.close()
+
+
+class RingCapture:
+    """AF_PACKET capture of one interface through a TPACKET_V3 ring; LiveCapture's interface.
+
+    The socket lives in the network namespace of the thread that created the capture;
+    reopen() reopens in that same namespace whichever thread calls it. When the kernel
+    cannot allocate ``block_count`` blocks, fewer are tried down to ``MIN_BLOCK_COUNT``,
+    then RingUnavailable is raised (``open_capture_source`` falls back to LiveCapture).
+    """
+
+    def __init__(
+        self,
+        ifname: str,
+        bpf_filter: str | None = None,
+        *,
+        snaplen: int = DEFAULT_SNAPLEN,
+        promisc: bool = False,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        block_count: int = DEFAULT_BLOCK_COUNT,
+        retire_ms: int = DEFAULT_RETIRE_MS,
+    ) -> None:
+        if not ifname or len(ifname.encode()) >= 16 or "/" in ifname:
+            raise ValueError(f"not a valid interface name: {ifname!r}")
+        if snaplen < 64:
+            raise ValueError(f"snaplen {snaplen} is too small (at least 64 bytes)")
+        if block_size < FRAME_SIZE or block_size % mmap.PAGESIZE:
+            raise ValueError(
+                f"ring block size {block_size} must be a multiple of the page size "
+                f"({mmap.PAGESIZE}) and at least {FRAME_SIZE}"
+            )
+        if block_count < 1 or not 1 <= retire_ms <= 60_000:
+            raise ValueError(f"bad ring shape: {block_count} blocks, {retire_ms} ms timeout")
+        self.ifname = ifname
+        self.snaplen = snaplen
+        self.promisc = promisc
+        self.block_size = block_size
+        self.block_count = block_count
+        self.retire_s = retire_ms / 1000
+        self.program = _truncating(
+            compile_filter(bpf_filter) if bpf_filter is not None and bpf_filter.strip() else None,
+            snaplen,
+        )
+        self._packets = self._drops = self._freezes = 0
+        self._gone: InterfaceGone | None = None
+        self._pending: InterfaceGone | None = None
+        self._pending_until = 0.0
+        self._leftover: FrameBatch | None = None
+        self._netns_fd = os.open(_NETNS_SELF, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self._ring = self._open()
+        except BaseException:
+            os.close(self._netns_fd)
+            raise
+        self._poll = self._make_poll()
+
+    @property
+    def ring_bytes(self) -> int:
+        """Size of the mapped ring actually obtained (smaller than asked after ENOMEM)."""
+        return self._ring.block_size * self._ring.block_count
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _open(self) -> _Ring:
+        return _in_netns(self._netns_fd, self._open_here)
+
+    def _open_here(self) -> _Ring:
+        try:
+            # Protocol 0 receives nothing until bind(): ring and filter are in place first.
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        except PermissionError:
+            hint = check_capture_privileges() or "permission denied"
+            raise PermissionError(errno.EPERM, hint) from None
+        ring: _Ring | None = None
+        try:
+            try:
+                sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
+            except OSError as exc:
+                raise RingUnavailable(exc.errno, f"TPACKET_V3 not supported: {exc}") from None
+            blocks = self._request_ring(sock)
+            if self.program is not None:
+                fprog = SockFprog(self.program)
+                sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog.value)
+            ifindex = _ifindex_of(sock, self.ifname)
+            if ifindex is None:
+                raise InterfaceGone(self.ifname, "does not exist")
+            ring = _Ring(sock, ifindex, self.block_size, blocks)
+            try:
+                sock.bind((self.ifname, ETH_P_ALL))
+            except OSError as exc:
+                if exc.errno in _GONE_ERRNOS:
+                    raise InterfaceGone(self.ifname, "does not exist") from None
+                raise
+            hatype = sock.getsockname()[3]
+            if hatype not in (ARPHRD_ETHER, ARPHRD_LOOPBACK):
+                raise ValueError(
+                    f"interface {self.ifname!r} is not Ethernet (ARPHRD {hatype}); "
+                    "only Ethernet interfaces can be captured live"
+                )
+            if self.promisc:
+                mreq = struct.pack("iHH8s", ifindex, PACKET_MR_PROMISC, 0, b"")
+                sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
+            sock.setblocking(False)
+        except BaseException:
+            if ring is not None:
+                ring.close()
+            else:
+                sock.close()
+            raise
+        return ring
+
+    def _request_ring(self, sock: socket.socket) -> int:
+        """Set up the ring, halving the block count on ENOMEM; the count obtained."""
+        count = self.block_count
+        tov = round(self.retire_s * 1000)
+        while True:
+            frames = self.block_size // FRAME_SIZE * count
+            req = _REQ3.pack(self.block_size, count, FRAME_SIZE, frames, tov, 0, 0)
+            try:
+                sock.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
+                return count
+            except OSError as exc:
+                if exc.errno == errno.ENOMEM and count > MIN_BLOCK_COUNT:
+                    count = max(MIN_BLOCK_COUNT, count // 2)
+                    continue
+                size = self.block_size * count >> 20
+                raise RingUnavailable(
+                    exc.errno, f"cannot set up a {size} MiB receive ring: {exc.strerror}"
+                ) from None
+
+    def _make_poll(self) -> select.poll:
+        poll = select.poll()
+        poll.register(self._ring.sock.fileno(), select.POLLIN | select.POLLERR)
+        return poll
+
+    def reopen(self, attempts: int = 10, delay_s: float = 0.5) -> None:
+        """Close and open again (same interface, filter, ring and namespace), retrying while
+        the interface is absent; InterfaceGone after ``attempts`` tries. Counters carry over."""
+        self._collect_stats()
+        self._ring.close()
+        self._leftover = None
+        last: InterfaceGone | None = None
+        for attempt in range(max(1, attempts)):
+            if attempt:
+                time.sleep(delay_s)
+            try:
+                self._ring = self._open()
+            except InterfaceGone as exc:
+                last = exc
+                continue
+            self._gone = self._pending = None
+            self._poll = self._make_poll()
+            return
+        assert last is not None
+        raise InterfaceGone(self.ifname, f"{last.reason} (gave up after {attempts} tries)")
+
+    def close(self) -> None:
+        self._leftover = None
+        if self._ring.sock.fileno() >= 0:
+            self._ring.close()
+        if self._netns_fd >= 0:
+            os.close(self._netns_fd)
+            self._netns_fd = -1
+
+    def __enter__(self) -> RingCapture:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def fileno(self) -> int:
+        return self._ring.sock.fileno()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def read_batch(self, max_frames: int = 4096, timeout_s: float = 0.2) -> FrameBatch:
+        """Frames received so far, up to ``max_frames``; waits at most ``timeout_s`` for the
+        first one (an empty batch when none came). Raises InterfaceGone when the interface
+        disappeared, after handing out the frames that arrived before.
+
+        Frames come a block at a time, so a batch may hold fewer than ``max_frames`` although
+        more have arrived; the kernel hands a block over when it fills or after the retire
+        timeout, which bounds how late a frame can be."""
+        ring = self._ring
+        if ring.sock.fileno() < 0:
+            raise ValueError(f"capture on {self.ifname!r} is closed")
+        if self._gone is not None:
+            raise self._gone
+        if max_frames < 1:
+            return _empty_batch()
+        if self._leftover is not None:
+            return self._take_leftover(max_frames)
+        mv32, bs = ring.mv32, ring.block_size
+        deadline = -1.0
+        while True:
+            if mv32[(ring.cur * bs >> 2) + _BLK_STATUS] & TP_STATUS_USER:
+                return self._harvest(max_frames)
+            if self._pending is not None:
+                # The block the kernel was filling still holds frames: its timer will hand
+                # it over. Raise once it has, or it was empty, or it took too long.
+                filling = mv32[(ring.cur * bs >> 2) + _BLK_NUM_PKTS]
+                if not filling or time.monotonic() > self._pending_until:
+                    self._gone, self._pending = self._pending, None
+                    raise self._gone
+                time.sleep(self.retire_s / 5)
+                continue
+            now = time.monotonic()
+            if deadline < 0:
+                deadline = now + max(0.0, timeout_s)
+            if now >= deadline:
+                return _empty_batch()
+            for _fd, events in self._poll.poll(math.ceil((deadline - now) * 1000)):
+                if events & select.POLLERR:
+                    self._check_error()
+
+    def _check_error(self) -> None:
+        err = self._ring.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err in _GONE_ERRNOS:
+            self._pending = InterfaceGone(self.ifname, self._why_down())
+            self._pending_until = time.monotonic() + 4 * self.retire_s + 0.5
+        elif err:
+            raise OSError(err, f"capture on {self.ifname!r}: {os.strerror(err)}")
+
+    def _harvest(self, max_frames: int) -> FrameBatch:
+        """Copy out the ready blocks (at least one, then while under ``max_frames``), hand
+        them back to the kernel, and index their frames."""
+        ring = self._ring
+        mv32, bs, nblocks = ring.mv32, ring.block_size, ring.block_count
+        cur = ring.cur
+        spans: list[tuple[int, int, int]] = []  # (start, end, frame count) in the map
+        total = 0
+        while total < max_frames and len(spans) < nblocks:
+            word = cur * bs >> 2
+            if not mv32[word + _BLK_STATUS] & TP_STATUS_USER:
+                break
+            n = mv32[word + _BLK_NUM_PKTS]
+            spans.append((cur * bs + mv32[word + _BLK_FIRST], cur * bs + mv32[word + _BLK_LEN], n))
+            total += n
+            cur = (cur + 1) % nblocks
+        heads: list[int] = []  # frame header positions in the map
+        append = heads.append
+        for start, _end, n in spans:
+            pos = start
+            for _ in range(n):
+                append(pos)
+                pos += mv32[pos >> 2]  # tp_next_offset
+        mv = ring.mv
+        buf = b"".join([mv[start:end] for start, end, _n in spans])
+        # Copied: the blocks are the kernel's again.
+        for start, _end, _n in spans:
+            mv32[((start - start % bs) >> 2) + _BLK_STATUS] = TP_STATUS_KERNEL
+        ring.cur = cur
+        batch = self._index(heads, spans, buf)
+        if len(batch) > max_frames:
+            self._leftover = batch
+            return self._take_leftover(max_frames)
+        return batch
+
+    def _index(self, heads: list[int], spans: list[tuple[int, int, int]], buf: bytes) -> FrameBatch:
+        ring = self._ring
+        h = np.array(heads, dtype=np.int64)
+        fields = ring.a32[(h >> 2)[:, None] + _HDR_WORDS]
+        mac = ring.a16[(h >> 1) + _HDR_MAC_HALF].astype(np.int64)
+        # Map positions to the copy: each block's used part follows the previous one.
+        starts = np.array([s for s, _e, _n in spans], dtype=np.int64)
+        lengths = np.array([e - s for s, e, _n in spans], dtype=np.int64)
+        shift = np.cumsum(lengths) - lengths - starts
+        offset = h + np.repeat(shift, [n for _s, _e, n in spans]) + mac
+        caplen = np.minimum(fields[:, 2], self.snaplen).astype(np.int32)
+        if len(h) and (offset.min() < 0 or int((offset + caplen).max()) > len(buf)):
+            raise RuntimeError(f"capture ring of {self.ifname!r} holds a frame outside its block")
+        return FrameBatch(
+            buf=buf,
+            offset=offset,
+            caplen=caplen,
+            wirelen=fields[:, 3].astype(np.int32),
+            ts=fields[:, 0].astype(np.float64) + fields[:, 1].astype(np.float64) * 1e-9,
+            linktype=np.full(len(h), LINKTYPE_ETHERNET, dtype=np.uint16),
+        )
+
+    def _take_leftover(self, max_frames: int) -> FrameBatch:
+        rest = self._leftover
+        assert rest is not None
+        if len(rest) <= max_frames:
+            self._leftover = None
+            return rest
+        self._leftover = _slice(rest, max_frames, len(rest))
+        return _slice(rest, 0, max_frames)
+
+    def stats(self) -> CaptureStats:
+        """Cumulative kernel counters since this capture was opened (across reopen())."""
+        self._collect_stats()
+        return CaptureStats(self._packets, self._drops)
+
+    def _collect_stats(self) -> None:
+        sock = self._ring.sock
+        if sock.fileno() < 0:
+            return
+        # Reading PACKET_STATISTICS resets the kernel's counters: accumulate here.
+        raw = sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS3.size)
+        packets, drops, freezes = _STATS3.unpack(raw)
+        self._packets += packets
+        self._drops += drops
+        self._freezes += freezes
+
+    # -- interface state -------------------------------------------------------------------
+
+    def _why_down(self) -> str:
+        sock = self._ring.sock
+        if _ifindex_of(sock, self.ifname) != self._ring.ifindex:
+            return "was removed (unplugged or deleted)"
+        ifreq = struct.pack("16sH22x", self.ifname.encode(), 0)
+        try:
+            flags = struct.unpack_from("16sH", fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, ifreq))[1]
+        except OSError:
+            return "was removed (unplugged or deleted)"
+        return "went down" if not flags & IFF_UP else "reported the network down"
+
+
+def _ifindex_of(sock: socket.socket, ifname: str) -> int | None:
+    # ioctls on the socket resolve names in the socket's namespace, not the caller's.
+    ifreq = struct.pack("16si20x", ifname.encode(), 0)
+    try:
+        res = fcntl.ioctl(sock.fileno(), SIOCGIFINDEX, ifreq)
+    except OSError:
+        return None
+    return int(struct.unpack_from("16si", res)[1])
+
+
+def _truncating(program: BpfProgram | None, snaplen: int) -> BpfProgram | None:
+    """The filter with its accepting returns set to ``snaplen``: the kernel then copies at
+    most that much into the ring (a ring has no per-frame user-space cut to rely on)."""
+    ret_k = 0x06  # BPF_RET | BPF_K
+    if program is None:
+        if snaplen >= DEFAULT_SNAPLEN:
+            return None
+        return BpfProgram("", ((ret_k, 0, 0, snaplen),))
+    insns = tuple(
+        (c, jt, jf, snaplen) if c == ret_k and k != 0 else (c, jt, jf, k)
+        for c, jt, jf, k in program.insns
+    )
+    return BpfProgram(program.expression, insns)
+
+
+def _slice(batch: FrameBatch, a: int, b: int) -> FrameBatch:
+    return FrameBatch(
+        buf=batch.buf,
+        offset=batch.offset[a:b],
+        caplen=batch.caplen[a:b],
+        wirelen=batch.wirelen[a:b],
+        ts=batch.ts[a:b],
+        linktype=batch.linktype[a:b],
+    )
+
+
+def _empty_batch() -> FrameBatch:
+    return FrameBatch(
+        buf=b"",
+        offset=np.empty(0, dtype=np.int64),
+        caplen=np.empty(0, dtype=np.int32),
+        wirelen=np.empty(0, dtype=np.int32),
+        ts=np.empty(0, dtype=np.float64),
+        linktype=np.empty(0, dtype=np.uint16),
+    )
