@@ -240,8 +240,14 @@ class Store:
     # -- opening -----------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | Path | None = None, *, timeout: float = 5.0) -> Store:
-        """Open (creating if needed, mode 0600 in a 0700 directory) and migrate the database."""
+    def open(
+        cls, path: str | Path | None = None, *, timeout: float = 5.0, any_thread: bool = False
+    ) -> Store:
+        """Open (creating if needed, mode 0600 in a 0700 directory) and migrate the database.
+
+        ``timeout``: seconds to wait for another writer. ``any_thread``: allow use from threads
+        other than the opening one (the caller then makes sure calls do not overlap).
+        """
         db_path = Path(path) if path is not None else paths.default_db_path()
         where = str(db_path)
         try:
@@ -252,7 +258,7 @@ class Store:
             msg = f"store: cannot create {where}: {reason}; nothing was written"
             raise StoreError(msg) from exc
         try:
-            conn = sqlite3.connect(where, timeout=timeout)
+            conn = sqlite3.connect(where, timeout=timeout, check_same_thread=not any_thread)
         except sqlite3.Error as exc:
             msg = f"store: {_error_kind(exc)} opening {where}; nothing was changed"
             raise StoreError(msg) from exc

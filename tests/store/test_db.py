@@ -433,3 +433,21 @@ def test_real_read_only_filesystem(tmpfs: Path) -> None:
     print(err.value)
     assert "read-only" in str(err.value)
     assert str(path) in str(err.value)
+
+
+def test_any_thread(tmp_path: Path) -> None:
+    import threading
+
+    errors: list[BaseException] = []
+    with Store.open(tmp_path / "s.db", any_thread=True) as store:
+
+        def write() -> None:
+            try:
+                store.record_analysis(src(), result())
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        t = threading.Thread(target=write)
+        t.start()
+        t.join()
+        assert errors == [] and len(store.uploads()) == 1
