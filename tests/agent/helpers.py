@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +133,35 @@ def raw(server: AgentServer, sock_path: Path) -> Iterator[Raw]:
     conn = Raw(sock_path)
     yield conn
     conn.close()
+
+
+NOBODY = 65534
+
+
+def run_as_nobody(fn: Callable[[], bytes]) -> bytes:
+    """Run ``fn`` in a forked child that dropped to nobody (uid/gid 65534, no other groups)."""
+    rfd, wfd = os.pipe()
+    with warnings.catch_warnings():
+        # The child only uses sockets and a pipe: no lock another thread might hold.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            os.close(rfd)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            os.write(wfd, fn())
+            code = 0
+        except BaseException as exc:
+            os.write(wfd, f"<child error: {exc!r}>".encode())
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    out = b""
+    while chunk := os.read(rfd, 65536):
+        out += chunk
+    os.close(rfd)
+    os.waitpid(pid, 0)
+    return out

@@ -5,7 +5,6 @@ import os
 import socket
 import stat
 import threading
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from spyglass.agent.server import AgentServer, AgentServerError, StoreBackend
 from spyglass.api.client import AgentClient
 from spyglass.core.models import Device
 from spyglass.store.db import Store, StoreError
-from tests.agent.helpers import DAY, ECHO, NEST, STATUS, T0, Raw, make_upload
+from tests.agent.helpers import DAY, ECHO, NEST, STATUS, T0, Raw, make_upload, run_as_nobody
 
 # -- the wire ------------------------------------------------------------------------------------
 
@@ -362,41 +361,21 @@ def test_parent_directory_is_created(short_dir: Path, backend: StoreBackend) -> 
 
 
 def _connect_as_nobody(path: str) -> bytes:
-    """What a process running as nobody (uid/gid 65534, no other groups) reads from the socket."""
-    rfd, wfd = os.pipe()
-    with warnings.catch_warnings():
-        # The child only connects and reads; it touches no lock another thread may hold.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        code = 1
-        try:
-            os.close(rfd)
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(10)
-            sock.connect(path)
-            sock.sendall(b'{"v": 1, "id": 1, "op": "hello"}\n')
-            data = b""
-            while chunk := sock.recv(65536):
-                data += chunk
-                if data.count(b"\n") >= 1 and b'"id":1' in data:
-                    break  # allowed: a reply, not a close
-            os.write(wfd, data or b"<closed>")
-            code = 0
-        except BaseException as exc:
-            os.write(wfd, f"<child error: {exc!r}>".encode())
-        finally:
-            os._exit(code)
-    os.close(wfd)
-    out = b""
-    while chunk := os.read(rfd, 65536):
-        out += chunk
-    os.close(rfd)
-    os.waitpid(pid, 0)
-    return out
+    """What a process running as nobody reads from the socket after sending hello."""
+
+    def child() -> bytes:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        sock.connect(path)
+        sock.sendall(b'{"v": 1, "id": 1, "op": "hello"}\n')
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+            if b"\n" in data:
+                break
+        return data or b"<closed>"
+
+    return run_as_nobody(child)
 
 
 @pytest.fixture
