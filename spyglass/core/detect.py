@@ -16,7 +16,7 @@ and carried at least ``min_bytes`` and ``min_packets``; one device's uploads les
 ``merge_gap_s`` apart are one utterance. Decision latency: a run is judged ``gap_s`` (1 s) after
 its last media packet and reported once ``merge_gap_s`` (1.8 s) has passed with nothing to merge,
 so a live upload is reported under 2 s after it ends; that it is under way is known once
-``min_active_bins`` bins (1 s) have filled.
+``min_active_bins`` bins (1.2 s) have filled.
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ from spyglass.core.endpoints import Role
 from spyglass.core.models import Upload
 
 FlowKey = tuple[str, str, str, int]  # device MAC, remote IP, "tcp"/"udp", remote port
+# One connection: a FlowKey plus the device's local port. Speech rides one connection; keying by
+# connection keeps a string of short exchanges on several connections to one IP from adding up
+# to a "sustained" stream.
+ConnKey = tuple[str, str, str, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +39,7 @@ class DetectorConfig:
     bin_s: float = 0.1
     min_payload: int = 60  # smaller upstream payloads are ACKs and keepalives, not media
     gap_s: float = 1.0  # a stream has ended after this long without upstream media
-    min_active_bins: int = 10  # >= 1 s of 100-ms slots carrying media (voice in data: >= 16)
+    min_active_bins: int = 12  # >= 1.2 s of 100-ms slots carrying media (voice in data: >= 16)
     min_bytes: int = 10_000  # upstream frame bytes in the run
     min_packets: int = 30  # upstream media packets in the run
     merge_gap_s: float = 1.8  # one device's streams closer than this are one utterance
@@ -54,7 +58,7 @@ class DestinationHint:
     device_is_speaker: bool
 
 
-HintFn = Callable[[FlowKey], DestinationHint]
+HintFn = Callable[[ConnKey], DestinationHint]
 
 
 @dataclass(slots=True)
@@ -80,7 +84,7 @@ class UploadDetector:
     def __init__(self, hint: HintFn, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
         self._hint = hint
-        self._runs: dict[FlowKey, _Run] = {}
+        self._runs: dict[ConnKey, _Run] = {}
         self._pending: dict[str, list[Upload]] = {}  # per device: judged, waiting for overlaps
         self.now = 0.0
 
@@ -88,13 +92,13 @@ class UploadDetector:
     def observe(
         self,
         t: float,
-        key: FlowKey,
+        key: ConnKey,
         media_packets: int,
         media_bytes: int,
         up_bytes: int,
         down_bytes: int,
     ) -> list[Upload]:
-        """One 100-ms bin of one flow starting at ``t``. Returns uploads that became final."""
+        """One 100-ms bin of one connection starting at ``t``. Returns uploads that became final."""
         cfg = self.config
         done: list[Upload] = []
         if t > self.now:
@@ -140,11 +144,11 @@ class UploadDetector:
             done.extend(self._pending.pop(device))
         return sorted(done, key=lambda u: u.start)
 
-    def is_watching(self, key: FlowKey) -> bool:
+    def is_watching(self, key: ConnKey) -> bool:
         """Whether a stream on ``key`` is open (its downstream bytes matter for the reply)."""
         return key in self._runs
 
-    def in_progress(self) -> list[tuple[FlowKey, float]]:
+    def in_progress(self) -> list[tuple[ConnKey, float]]:
         """Flows whose current run already qualifies by length: (key, start). For live status."""
         cfg = self.config
         return [
@@ -154,7 +158,7 @@ class UploadDetector:
         ]
 
     # -- judging -----------------------------------------------------------------------
-    def _close(self, key: FlowKey, run: _Run) -> list[Upload]:
+    def _close(self, key: ConnKey, run: _Run) -> list[Upload]:
         del self._runs[key]
         upload = self._judge(key, run)
         if upload is None:
@@ -185,7 +189,7 @@ class UploadDetector:
                 del self._pending[device]
         return out
 
-    def _judge(self, key: FlowKey, run: _Run) -> Upload | None:
+    def _judge(self, key: ConnKey, run: _Run) -> Upload | None:
         cfg = self.config
         duration = run.last_media - run.start + cfg.bin_s
         if (

@@ -14,7 +14,13 @@ import numpy as np
 
 from spyglass.core.aggregate import group, mix
 from spyglass.core.decode import decode, ip_str, mac_str
-from spyglass.core.detect import DestinationHint, DetectorConfig, FlowKey, UploadDetector
+from spyglass.core.detect import (
+    ConnKey,
+    DestinationHint,
+    DetectorConfig,
+    FlowKey,
+    UploadDetector,
+)
 from spyglass.core.endpoints import classify
 from spyglass.core.frames import U64, Decoded, FrameBatch
 from spyglass.core.inventory import Inventory, NameBook, VendorLookup
@@ -57,6 +63,7 @@ class Pipeline:
         self._bins_per_s = round(1 / self.detector.config.bin_s)
         self._flows: dict[int, Flow] = {}
         self._flow_keys: dict[int, FlowKey] = {}
+        self._conn_keys: dict[int, ConnKey] = {}
         self._series: dict[tuple[str, str, int], list[int]] = {}
         self._uploads: list[Upload] = []
 
@@ -134,7 +141,7 @@ class Pipeline:
         return out
 
     # -- internals ---------------------------------------------------------------------
-    def _hint(self, key: FlowKey) -> DestinationHint:
+    def _hint(self, key: ConnKey) -> DestinationHint:
         mac, ip = key[0], key[1]
         name = self.names.name_for(mac, ip)
         info = classify(name)
@@ -207,7 +214,9 @@ class Pipeline:
             f.last_seen = max(f.last_seen, float(last[j]))
 
         self._add_series(g.inverse, keys, ts, size, up_i)
-        return self._detect(g.inverse, keys, proto, ts, size, up_i, d.payload_len[rows])
+        lport = np.where(is_up, d.sport[rows], d.dport[rows])
+        return self._detect(fkey, g.inverse, keys, lport, proto, ts, size, up_i,
+                            d.payload_len[rows])
 
     def _make_key(self, d: Decoded, i: int, up: bool) -> FlowKey:
         if up:
@@ -244,36 +253,46 @@ class Pipeline:
                 cell[3] += int(n[j] - pu[j])
 
     def _detect(
-        self, flow_of_row: np.ndarray, keys: list[FlowKey], proto: np.ndarray, ts: np.ndarray,
-        size: np.ndarray, up_i: np.ndarray, payload_len: np.ndarray,
+        self, fkey: U64, flow_of_row: np.ndarray, keys: list[FlowKey], lport: np.ndarray,
+        proto: np.ndarray, ts: np.ndarray, size: np.ndarray, up_i: np.ndarray,
+        payload_len: np.ndarray,
     ) -> list[Upload]:
         transport = (proto == 6) | (proto == 17)
         media = transport & (up_i == 1) & (payload_len >= self._media_min)
-        # Bins only for flows carrying media now, or with a stream the detector is watching.
-        watched = np.array(
-            [self.detector.is_watching(k) for k in keys], dtype=np.bool_
-        )
-        flow_media = np.bincount(flow_of_row, weights=media, minlength=len(keys)) > 0
-        take = transport & (flow_media | watched)[flow_of_row]
+        r = np.flatnonzero(transport)
+        if not r.size:
+            return []
+        uniq, cg = group(mix(fkey[r], lport[r]))
+        conn_keys: list[ConnKey] = []
+        for j, h in enumerate(uniq.tolist()):
+            ck = self._conn_keys.get(h)
+            if ck is None:
+                i = int(r[cg.first[j]])
+                ck = (*keys[int(flow_of_row[i])], int(lport[i]))
+                self._conn_keys[h] = ck
+            conn_keys.append(ck)
+        # Bins only for connections carrying media now, or with a stream the detector watches.
+        conn_media = cg.sum(media[r]) > 0
+        watched = np.array([self.detector.is_watching(k) for k in conn_keys], dtype=np.bool_)
+        take = (conn_media | watched)[cg.inverse]
         if not take.any():
             return []
-        r = np.flatnonzero(take)
-        fo = flow_of_row[r]
+        r, co = r[take], cg.inverse[take]
         b = np.floor(ts[r] * self._bins_per_s).astype(np.int64)
-        _, g = group(mix(fo, b))
+        _, g = group(mix(co, b))
         m = media[r].astype(np.int64)
         mp = g.sum(m)
         mb = g.sum(payload_len[r].astype(np.int64) * m)
         ub = g.sum(size[r] * up_i[r])
         db = g.sum(size[r] * (1 - up_i[r]))
         bins = b[g.first]
-        flows = fo[g.first]
+        conns = co[g.first]
         done: list[Upload] = []
         bin_s = self.detector.config.bin_s
         for j in np.argsort(bins, kind="stable").tolist():
             done.extend(
                 self.detector.observe(
-                    float(bins[j]) * bin_s, keys[int(flows[j])], int(mp[j]), int(mb[j]),
+                    float(bins[j]) * bin_s, conn_keys[int(conns[j])], int(mp[j]), int(mb[j]),
                     int(ub[j]), int(db[j]),
                 )
             )

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from spyglass.core.detect import DestinationHint, DetectorConfig, FlowKey, UploadDetector
+from spyglass.core.detect import ConnKey, DestinationHint, DetectorConfig, UploadDetector
 from spyglass.core.endpoints import Role
 
-KEY: FlowKey = ("68:db:f5:00:00:01", "52.94.233.109", "tcp", 443)
-OTHER: FlowKey = ("68:db:f5:00:00:01", "52.46.136.99", "tcp", 443)
+KEY: ConnKey = ("68:db:f5:00:00:01", "52.94.233.109", "tcp", 443, 40001)
+OTHER: ConnKey = ("68:db:f5:00:00:01", "52.46.136.99", "tcp", 443, 40002)
 
 
 def hint_for(role: Role = Role.UNKNOWN, speaker: bool = True, name: str | None = None):
-    def hint(key: FlowKey) -> DestinationHint:
+    def hint(key: ConnKey) -> DestinationHint:
         return DestinationHint(name, role, "alexa", speaker)
 
     return hint
 
 
-def stream(det: UploadDetector, key: FlowKey, t0: float, seconds: float, pkts: int = 6,
+def stream(det: UploadDetector, key: ConnKey, t0: float, seconds: float, pkts: int = 6,
            size: int = 118) -> list:
     """Voice-like: every 100-ms bin carries ``pkts`` media packets of ``size`` bytes."""
     out = []
@@ -25,7 +25,7 @@ def stream(det: UploadDetector, key: FlowKey, t0: float, seconds: float, pkts: i
     return out
 
 
-def burst(det: UploadDetector, key: FlowKey, t: float, pkts: int = 9) -> list:
+def burst(det: UploadDetector, key: ConnKey, t: float, pkts: int = 9) -> list:
     """App-like: one bin of full-size segments."""
     return det.observe(t, key, pkts, pkts * 1460, pkts * 1514, 0)
 
@@ -55,7 +55,7 @@ def test_bursts_of_an_app_interaction_are_not_uploads() -> None:
 
 def test_short_or_thin_streams_are_not_uploads() -> None:
     det = UploadDetector(hint_for())
-    stream(det, KEY, 0.0, 0.8)  # 8 bins < 10
+    stream(det, KEY, 0.0, 1.1)  # 11 bins < 12
     stream(det, OTHER, 50.0, 3.0, pkts=1, size=60)  # long but only 30 x 60 B
     assert det.flush() == []
 
