@@ -157,7 +157,26 @@ def _headers(buf: bytes, pos: I64, width: int) -> npt.NDArray[np.void]:
 
 def _field(hdr: npt.NDArray[np.void], width: int, at: int, dtype: str) -> npt.NDArray[Any]:
     """The integer at byte ``at`` of every gathered header (a strided view)."""
+    if hdr.size == 0:
+        return np.zeros(0, np.dtype(dtype))
     return np.ndarray((hdr.size,), np.dtype(dtype), hdr, at, (width,))
+
+
+def _set_bytes(words: npt.NDArray[np.uint64], index: I64) -> I64:
+    """``index * 8 + k`` for every non-zero byte k of ``words`` (bytes of a bool array)."""
+    parts: list[I64] = []
+    one = np.uint64(1)
+    while words.size:
+        low = words & (~words + one)  # the lowest set bit: bit 0 of one true byte
+        parts.append(index * 8 + (np.log2(low.astype(np.float64)).astype(np.int64) >> 3))
+        words = words ^ low
+        more = words != 0
+        if not more.any():
+            break
+        words, index = words[more], index[more]
+    if len(parts) == 1:
+        return parts[0]
+    return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
 
 class _Scratch:
@@ -179,9 +198,9 @@ class _Scratch:
         np.equal(np.frombuffer(buf, np.uint8, n, lo), value, out=mask[:n])
         mask[n:] = False
         # Matches are sparse: find the 8-byte words holding one, then the bytes inside them.
-        hit = np.flatnonzero(mask.view(np.uint64) != 0)
-        pos = (hit[:, None] * 8 + np.arange(8)).ravel()
-        found: I64 = pos[mask[pos]] + lo
+        words_u64 = mask.view(np.uint64)
+        hit = np.flatnonzero(words_u64 != 0)
+        found: I64 = _set_bytes(words_u64[hit], hit) + lo
         return found
 
     def chain(self, cand: I64, nxt: I64, start: int) -> tuple[I64, I64, I64]:
@@ -324,9 +343,10 @@ class _Pcap(_Format):
             # Every header in a file shares the top byte of its seconds; look for that byte.
             top = 3 if self._order == "<" else 0
             cand = self._scratch.find(buf, start + top, end - 16 + top, buf[start + top]) - top
-            v = _u32_view(buf, self._order)
-            caplen = v[cand + 8].astype(np.int64)
-            wirelen = v[cand + 12].astype(np.int64)
+            hdr = _headers(buf, cand, 16)
+            u32 = self._order + "u4"
+            caplen = _field(hdr, 16, 8, u32).astype(np.int64)
+            wirelen = _field(hdr, 16, 12, u32)
             nxt = cand + 16 + caplen
             good = (caplen > 0) & (caplen <= self._cap_limit) & (nxt <= end)
             good &= (wirelen >= caplen) & (wirelen <= _MAX_WIRE)
@@ -402,27 +422,41 @@ class _PcapNg(_Format):
         end = len(buf)
         n_if = len(self._ifaces)
         if end - start >= 64 and n_if:
-            top = 0 if self._order == "<" else 3  # the byte of the type that is 6
-            cand = self._scratch.find(buf, start + top, end - 32 + top, _EPB) - top
-            v = _u32_view(buf, self._order)
-            btype = v[cand]
-            blen = v[cand + 4].astype(np.int64)
+            at, value = self._anchor(buf, start)
+            cand = self._scratch.find(buf, start + at, end - 32 + at, value) - at
+            hdr = _headers(buf, cand, 28)
+            u32 = self._order + "u4"
+            blen = _field(hdr, 28, 4, u32).astype(np.int64)
+            caplen = _field(hdr, 28, 20, u32).astype(np.int64)
+            wirelen = _field(hdr, 28, 24, u32)
             nxt = cand + blen
-            fits = (btype == _EPB) & (blen >= 32) & ((blen & 3) == 0) & (nxt <= end)
+            fits = (_field(hdr, 28, 0, u32) == _EPB) & (blen >= 32) & ((blen & 3) == 0)
+            fits &= (nxt <= end) & (_field(hdr, 28, 8, u32) < n_if) & (caplen > 0)
+            fits &= (caplen + 32 <= blen) & (wirelen >= caplen) & (wirelen <= _MAX_WIRE)
             cand, blen, nxt = cand[fits], blen[fits], nxt[fits]
-            caplen = v[cand + 20].astype(np.int64)
-            good = (
-                (v[nxt - 4] == blen)
-                & (v[cand + 8] < n_if)
-                & (caplen > 0)
-                & (caplen + 32 <= blen)
-                & (v[cand + 24] >= caplen)
-                & (v[cand + 24] <= _MAX_WIRE)
-            )
+            good = _u32_view(buf, self._order)[nxt - 4] == blen
             cand, nxt, brk = self._scratch.chain(cand[good], nxt[good], start)
         else:
             cand = nxt = brk = np.zeros(0, np.int64)
         return _hybrid_walk(cand, nxt, brk, start, lambda p, pend: self._step(buf, p, pend))
+
+    def _anchor(self, buf: bytes, start: int) -> tuple[int, int]:
+        """A byte every EPB header of this stretch shares, and where it sits in the header.
+
+        The type's byte 6 is also the IP protocol number of TCP, so most TCP frames would be
+        false candidates. A byte of the timestamp's high word that changes every few days is
+        much rarer; when it does change mid-chunk the careful walk takes over until the
+        next chunk picks the new value.
+        """
+        fallback = (0 if self._order == "<" else 3, _EPB)
+        if start + 32 > len(buf) or self._hdr(buf, start)[0] != _EPB:
+            return fallback
+        high = self._u32(buf, start + 12)[0].to_bytes(4, "big")
+        nonzero = [k for k in range(4) if high[k]]
+        if len(nonzero) < 2:
+            return fallback
+        k = nonzero[1]
+        return (12 + (3 - k) if self._order == "<" else 12 + k), high[k]
 
     def _step(self, buf: bytes, pos: int, pending: bool) -> tuple[int, int, int]:
         end = len(buf)
@@ -557,7 +591,7 @@ class _PcapNg(_Format):
             if code == 9 and length >= 1:
                 r = value[0]
                 exp = r & 0x7F
-                if exp > 60:
+                if exp > (63 if r & 0x80 else 19):  # the tick rate must fit 64 bits
                     self._problems.add(
                         "tsresol", at, f"interface at byte {at}: absurd if_tsresol {r}; using µs"
                     )

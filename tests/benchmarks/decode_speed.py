@@ -47,11 +47,11 @@ def write_capture(path: Path, packets: int, fmt: str, seed: int = 1) -> int:
     templates: list[bytes] = []
     for _ in range(512):
         r = rng.random()
-        if r < 0.4:
+        if r < 0.45:
             size, udp = 66, False
-        elif r < 0.6:
+        elif r < 0.65:
             size, udp = rng.randrange(60, 220), True
-        elif r < 0.85:
+        elif r < 0.88:
             size, udp = rng.randrange(120, 700), rng.random() < 0.3
         else:
             size, udp = 1514, rng.random() < 0.2
@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         size = write_capture(path, args.packets, args.format)
         print(
-            f"wrote {args.packets} packets, {size / 2**20:.0f} MiB ({args.format}) "
+            f"wrote {args.packets} packets, {size / 2**20:.0f} MiB ({args.format}), "
+            f"{size / args.packets:.0f} bytes/packet on average "
             f"in {time.perf_counter() - t:.1f} s; peak RSS after writing {_rss_mib():.0f} MiB"
         )
         n, rate = measure(path, with_decode=False)

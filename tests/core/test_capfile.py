@@ -446,3 +446,43 @@ def test_real_capture_frames_match_tshark(captures: Path, name: str) -> None:
     np.testing.assert_allclose(ts, want[:, 0], rtol=0, atol=2e-6)
     assert np.concatenate([b.wirelen for b in batches]).tolist() == want[:, 1].astype(int).tolist()
     assert np.concatenate([b.caplen for b in batches]).tolist() == want[:, 2].astype(int).tolist()
+
+
+# ---- the speculative walk: anchors that change, false candidates ---------------------------
+
+
+@pytest.mark.parametrize("chunk", [512, 4 << 20])
+def test_pcap_timestamp_top_byte_changes(tmp_path: Path, chunk: int) -> None:
+    # Seconds cross 0x65000000 mid-file: the byte the fast walk looks for changes.
+    packets = [(0x64FFFFF0 + i * 0.7, frame_of(60 + i % 50, i)) for i in range(80)]
+    frames, ts, report = read_all(write(tmp_path, pcap_bytes(packets)), chunk)
+    assert frames == [f for _, f in packets] and report.problems == []
+    np.testing.assert_allclose(ts, [t for t, _ in packets], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("chunk", [512, 4 << 20])
+def test_pcapng_timestamp_high_word_changes(tmp_path: Path, chunk: int) -> None:
+    # µs ticks whose high word changes in its second byte mid-file (every ~12 days).
+    base = (0x00060AFF << 32) + 0xFFFF0000
+    step = 1 << 36
+    parts = [ng_shb(), ng_idb(LINKTYPE_ETHERNET)]
+    frames = [frame_of(60 + i % 40, i) for i in range(60)]
+    parts += [ng_epb(0, base + i * step, f) for i, f in enumerate(frames)]
+    got, ts, report = read_all(write(tmp_path, b"".join(parts), "h.pcapng"), chunk)
+    assert got == frames and report.problems == []
+    np.testing.assert_allclose(ts, [(base + i * step) / 1e6 for i in range(60)], rtol=1e-15)
+
+
+def test_frames_that_look_like_headers(tmp_path: Path) -> None:
+    # Frame data full of fake record headers pointing at each other must not fool the walk.
+    t = 1_700_000_000
+    fake = b"".join(struct.pack("<IIII", t, 0, 16, 16) for _ in range(8))
+    packets = [(t + i, fake[: 16 * (1 + i % 8)] + frame_of(20, i)) for i in range(50)]
+    for chunk in (300, 4 << 20):
+        frames, _, report = read_all(write(tmp_path, pcap_bytes(packets)), chunk)
+        assert frames == [f for _, f in packets] and report.problems == []
+    ng_fake = ng_epb(0, 5, b"abcd") * 4
+    parts = [ng_shb(), ng_idb(LINKTYPE_ETHERNET)]
+    parts += [ng_epb(0, 10**6 * i, ng_fake[: 36 * (i % 4)] + frame_of(30, i)) for i in range(40)]
+    frames, _, report = read_all(write(tmp_path, b"".join(parts), "f.pcapng"))
+    assert len(frames) == 40 and report.problems == []
