@@ -93,7 +93,10 @@ class Pipeline:
         self.slow.handle(d, batch.buf, self.slow.select(d, arr, up))
         self._learn_devices(d, ip & src_local)
 
-        rows = np.flatnonzero(up | down)
+        # A multicast/broadcast MAC is never a device (remote senders to 224.0.0.0/4 etc.).
+        dev_mac = np.where(up, d.src_mac, d.dst_mac)
+        unicast = ((dev_mac >> np.uint64(40)) & np.uint64(1)) == 0
+        rows = np.flatnonzero((up | down) & unicast)
         done: list[Upload] = []
         if rows.size:
             done = self._aggregate(d, rows, up[rows])
@@ -154,7 +157,8 @@ class Pipeline:
 
     def _learn_devices(self, d: Decoded, mask: np.ndarray) -> None:
         """Every MAC that sends IP from a LAN address is a device; note its IPs."""
-        rows = np.flatnonzero(mask & (d.src_mac != 0))
+        unicast = ((d.src_mac >> np.uint64(40)) & np.uint64(1)) == 0
+        rows = np.flatnonzero(mask & (d.src_mac != 0) & unicast)
         if not rows.size:
             return
         _, g = group(mix(d.src_mac[rows], d.src_hi[rows], d.src_lo[rows]))

@@ -30,12 +30,25 @@ MAX_SAMPLES = 20  # malformed-payload messages kept verbatim; the rest are only 
 class SlowPathStats:
     parsed: dict[str, int] = field(default_factory=dict)
     malformed: dict[str, int] = field(default_factory=dict)
-    samples: list[str] = field(default_factory=list)
+    _samples: dict[str, list[float]] = field(default_factory=dict)  # message -> [first t, count]
 
     def bad(self, kind: str, ts: float, err: Exception) -> None:
         self.malformed[kind] = self.malformed.get(kind, 0) + 1
-        if len(self.samples) < MAX_SAMPLES:
-            self.samples.append(f"malformed {kind} payload in packet at t={ts:.6f}: {err}")
+        msg = f"malformed {kind} payload: {str(err)[:100]}"
+        seen = self._samples.get(msg)
+        if seen is not None:
+            seen[1] += 1
+        elif len(self._samples) < MAX_SAMPLES:
+            self._samples[msg] = [ts, 1]
+
+    @property
+    def samples(self) -> list[str]:
+        """One line per distinct fault: the first packet's time and how often it recurred."""
+        out = []
+        for msg, (ts, n) in self._samples.items():
+            more = f" ({int(n)} packets)" if n > 1 else ""
+            out.append(f"{msg} (first at t={ts:.6f}){more}")
+        return out
 
 
 class SlowPath:
