@@ -43,7 +43,7 @@ from spyglass.capture.live import (
     _in_netns,
 )
 from spyglass.capture.privileges import check_capture_privileges
-from spyglass.core.frames import LINKTYPE_ETHERNET, FrameBatch
+from spyglass.core.frames import I64, LINKTYPE_ETHERNET, FrameBatch
 
 # linux/if_packet.h
 PACKET_RX_RING = 5
@@ -57,8 +57,8 @@ _STATS3 = struct.Struct("III")  # struct tpacket_stats_v3
 # Offsets (in 32-bit words) in struct tpacket_block_desc / tpacket_hdr_v1.
 _BLK_STATUS, _BLK_NUM_PKTS, _BLK_FIRST, _BLK_LEN = 2, 3, 4, 5
 # struct tpacket3_hdr: next_offset, sec, nsec, snaplen, len, status (u32), then tp_mac (u16).
-_HDR_WORDS = np.arange(1, 5, dtype=np.int64)  # sec, nsec, snaplen, len
-_HDR_MAC_HALF = 12  # tp_mac is the 12th 16-bit word
+_SEC, _NSEC, _SNAPLEN, _LEN = 1, 2, 3, 4  # in 32-bit words
+_MAC_HALF = 12  # in 16-bit words
 
 DEFAULT_BLOCK_SIZE = 1 << 20
 DEFAULT_BLOCK_COUNT = 32  # 32 MiB: about 0.5 s of 200-byte datagrams at 200k/s
@@ -321,60 +321,65 @@ class RingCapture:
             raise OSError(err, f"capture on {self.ifname!r}: {os.strerror(err)}")
 
     def _harvest(self, max_frames: int) -> FrameBatch:
-        """Copy out the ready blocks (at least one, then while under ``max_frames``), hand
-        them back to the kernel, and index their frames."""
+        """Copy out the ready blocks (the first, then more while they fit in ``max_frames``),
+        hand them back to the kernel, and index their frames."""
         ring = self._ring
         mv32, bs, nblocks = ring.mv32, ring.block_size, ring.block_count
         cur = ring.cur
         spans: list[tuple[int, int, int]] = []  # (start, end, frame count) in the map
         total = 0
-        while total < max_frames and len(spans) < nblocks:
+        while len(spans) < nblocks:
             word = cur * bs >> 2
             if not mv32[word + _BLK_STATUS] & TP_STATUS_USER:
                 break
             n = mv32[word + _BLK_NUM_PKTS]
+            if spans and total + n > max_frames:
+                break
             spans.append((cur * bs + mv32[word + _BLK_FIRST], cur * bs + mv32[word + _BLK_LEN], n))
             total += n
             cur = (cur + 1) % nblocks
-        heads: list[int] = []  # frame header positions in the map
+        # The one per-frame Python loop: follow tp_next_offset (in 32-bit words; headers are
+        # 8-byte aligned). Everything else is a numpy gather.
+        heads: list[int] = []
         append = heads.append
         for start, _end, n in spans:
-            pos = start
+            w = start >> 2
             for _ in range(n):
-                append(pos)
-                pos += mv32[pos >> 2]  # tp_next_offset
+                append(w)
+                w += mv32[w] >> 2
         mv = ring.mv
         buf = b"".join([mv[start:end] for start, end, _n in spans])
         # Copied: the blocks are the kernel's again.
         for start, _end, _n in spans:
             mv32[((start - start % bs) >> 2) + _BLK_STATUS] = TP_STATUS_KERNEL
         ring.cur = cur
-        batch = self._index(heads, spans, buf)
+        batch = self._index(np.fromiter(heads, dtype=np.int64, count=total), spans, buf)
         if len(batch) > max_frames:
             self._leftover = batch
             return self._take_leftover(max_frames)
         return batch
 
-    def _index(self, heads: list[int], spans: list[tuple[int, int, int]], buf: bytes) -> FrameBatch:
-        ring = self._ring
-        h = np.array(heads, dtype=np.int64)
-        fields = ring.a32[(h >> 2)[:, None] + _HDR_WORDS]
-        mac = ring.a16[(h >> 1) + _HDR_MAC_HALF].astype(np.int64)
-        # Map positions to the copy: each block's used part follows the previous one.
-        starts = np.array([s for s, _e, _n in spans], dtype=np.int64)
-        lengths = np.array([e - s for s, e, _n in spans], dtype=np.int64)
-        shift = np.cumsum(lengths) - lengths - starts
-        offset = h + np.repeat(shift, [n for _s, _e, n in spans]) + mac
-        caplen = np.minimum(fields[:, 2], self.snaplen).astype(np.int32)
-        if len(h) and (offset.min() < 0 or int((offset + caplen).max()) > len(buf)):
+    def _index(self, w: I64, spans: list[tuple[int, int, int]], buf: bytes) -> FrameBatch:
+        """The batch for frames whose headers sit at words ``w`` of the map; ``buf`` is the
+        copy of ``spans``, one after the other."""
+        a32 = self._ring.a32
+        if len(spans) == 1:
+            shift: I64 | int = -spans[0][0]
+        else:
+            starts = np.array([s for s, _e, _n in spans], dtype=np.int64)
+            lengths = np.array([e - s for s, e, _n in spans], dtype=np.int64)
+            shift = np.repeat(np.cumsum(lengths) - lengths - starts, [n for _s, _e, n in spans])
+        offset = (w << 2) + shift + self._ring.a16[(w << 1) + _MAC_HALF]
+        caplen = np.minimum(a32[w + _SNAPLEN], self.snaplen).astype(np.int32)
+        if len(w) and (offset.min() < 0 or int((offset + caplen).max()) > len(buf)):
             raise RuntimeError(f"capture ring of {self.ifname!r} holds a frame outside its block")
         return FrameBatch(
             buf=buf,
             offset=offset,
             caplen=caplen,
-            wirelen=fields[:, 3].astype(np.int32),
-            ts=fields[:, 0].astype(np.float64) + fields[:, 1].astype(np.float64) * 1e-9,
-            linktype=np.full(len(h), LINKTYPE_ETHERNET, dtype=np.uint16),
+            wirelen=a32[w + _LEN].astype(np.int32),
+            ts=a32[w + _SEC].astype(np.float64) + a32[w + _NSEC].astype(np.float64) * 1e-9,
+            linktype=np.full(len(w), LINKTYPE_ETHERNET, dtype=np.uint16),
         )
 
     def _take_leftover(self, max_frames: int) -> FrameBatch:
