@@ -215,9 +215,11 @@ def _link(g: _Buf, out: _Out, lt: int, rows: Idx, off: I64, end: I64) -> None:
     if lt == LINKTYPE_ETHERNET:
         short = cap < 14
         blk = g.block(off, 14)
-        out.dst_mac[rows] = np.where(short, 0, _mac(blk, 14, 0))
-        out.src_mac[rows] = np.where(short, 0, _mac(blk, 14, 6))
-        et = np.where(short, 0, _col(blk, 14, 12, ">u2"))
+        dst, src, et = _mac(blk, 14, 0), _mac(blk, 14, 6), _col(blk, 14, 12, ">u2")
+        if short.any():
+            dst[short] = src[short] = et[short] = 0
+        out.dst_mac[rows] = dst
+        out.src_mac[rows] = src
         l3 = off + 14
     elif lt == LINKTYPE_LINUX_SLL:
         short = cap < 16
