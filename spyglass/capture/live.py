@@ -10,6 +10,7 @@ import errno
 import fcntl
 import ipaddress
 import json
+import logging
 import math
 import os
 import select
@@ -20,12 +21,18 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from spyglass.capture.bpf import BpfProgram, SockFprog, compile_filter
 from spyglass.capture.privileges import check_capture_privileges
 from spyglass.core.frames import LINKTYPE_ETHERNET, FrameBatch
+
+if TYPE_CHECKING:
+    from spyglass.capture.ring import RingCapture
+
+log = logging.getLogger(__name__)
 
 # Linux ABI numbers the socket module does not export.
 SOL_PACKET = 263
@@ -312,6 +319,43 @@ class LiveCapture:
         except OSError:
             return "was removed (unplugged or deleted)"
         return "went down" if not flags & IFF_UP else "reported the network down"
+
+
+def open_capture_source(
+    ifname: str,
+    bpf_filter: str | None = None,
+    *,
+    ring: bool = True,
+    snaplen: int = DEFAULT_SNAPLEN,
+    promisc: bool = False,
+    ring_blocks: int | None = None,
+    rcvbuf: int = DEFAULT_RCVBUF,
+    kernel_timestamps: bool = True,
+) -> LiveCapture | RingCapture:
+    """A capture of ``ifname``: the memory-mapped ring when ``ring`` and the kernel allows it,
+    else LiveCapture (one recvmsg per frame), with the reason logged as a warning.
+
+    ``ring_blocks`` (1 MiB each) sizes the ring; ``rcvbuf`` and ``kernel_timestamps`` apply to
+    LiveCapture only. Errors that would hit both (no such interface, not Ethernet, no
+    privileges, a bad filter) are raised, not fallen back from.
+    """
+    if ring:
+        from spyglass.capture.ring import DEFAULT_BLOCK_COUNT, RingCapture, RingUnavailable
+
+        try:
+            return RingCapture(
+                ifname, bpf_filter, snaplen=snaplen, promisc=promisc,
+                block_count=ring_blocks or DEFAULT_BLOCK_COUNT,
+            )  # fmt: skip
+        except RingUnavailable as exc:
+            log.warning(
+                "capture on %r: %s; falling back to one recvmsg per frame (slower, drops "
+                "packets sooner under load)", ifname, exc.strerror or exc,
+            )  # fmt: skip
+    return LiveCapture(
+        ifname, bpf_filter, snaplen=snaplen, rcvbuf=rcvbuf, promisc=promisc,
+        kernel_timestamps=kernel_timestamps,
+    )  # fmt: skip
 
 
 def _in_netns[T](netns_fd: int, fn: Callable[[], T]) -> T:
