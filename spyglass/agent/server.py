@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import grp
+import json
 import logging
+import math
 import os
 import pwd
 import socket
@@ -64,6 +66,25 @@ class Backend(Protocol):
         ...
 
 
+# Below this resolution a bucket holds few rows and Store.series' single GROUP BY is cheaper.
+_BUCKET_SCAN_MIN_RES = 60
+_BUCKETS = """
+b(t) AS (SELECT :first UNION ALL SELECT t + :res FROM b WHERE t + :res < :until)
+SELECT t, (
+    SELECT json_array(SUM(bytes_up), SUM(bytes_down)) FROM series
+    WHERE device_mac {devices} AND second >= max(t, :since) AND second < min(t + :res, :until)
+) FROM b ORDER BY t
+"""
+_BUCKETS_SQL = "WITH RECURSIVE " + _BUCKETS.format(devices="= :mac")
+# Every device in the series table, one primary-key seek each (a loose index scan).
+_BUCKETS_ALL_SQL = (
+    "WITH RECURSIVE d(m) AS (SELECT MIN(device_mac) FROM series UNION ALL "
+    "SELECT (SELECT MIN(device_mac) FROM series WHERE device_mac > m) FROM d "
+    "WHERE m IS NOT NULL), "
+    + _BUCKETS.format(devices="IN (SELECT m FROM d WHERE m IS NOT NULL)")
+)
+
+
 class StoreBackend:
     """Serves the API from the agent's SQLite store, plus the agent's live status.
 
@@ -109,8 +130,38 @@ class StoreBackend:
         self, device: str | None, since: float, until: float, resolution_s: int
     ) -> list[dict[str, Any]]:
         with self._reader() as store:
-            points = store.series(device, since, until, resolution_s)
-        return [{"t": pt.second, "up": pt.bytes_up, "down": pt.bytes_down} for pt in points]
+            if device is not None and resolution_s < _BUCKET_SCAN_MIN_RES:
+                points = store.series(device, since, until, resolution_s)
+                return [
+                    {"t": pt.second, "up": pt.bytes_up, "down": pt.bytes_down} for pt in points
+                ]
+            return self._bucket_sums(store, device, since, until, resolution_s)
+
+    def _bucket_sums(
+        self, store: Store, device: str | None, since: float, until: float, res: int
+    ) -> list[dict[str, Any]]:
+        # Store.series groups with a temporary B-tree over every row in the range (4 s for a
+        # month of seconds here), and for all devices scans the whole table. Summing each
+        # bucket as its own primary-key range reads rows in key order with no sort: several
+        # times faster for long ranges. Same answer (tests compare the two).
+        sql = _BUCKETS_ALL_SQL if device is None else _BUCKETS_SQL
+        args = {
+            "first": math.floor(since / res) * res,
+            "res": res,
+            "since": since,
+            "until": until,
+            "mac": device,
+        }
+        try:
+            rows = store.db.conn.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"store: {exc} reading {self.path}; nothing was changed") from exc
+        points = []
+        for t, sums in rows:
+            up, down = json.loads(sums)
+            if up is not None:
+                points.append({"t": t, "up": up, "down": down})
+        return points
 
     def close(self) -> None:
         with self._lock:

@@ -58,6 +58,7 @@ def fill(store: Store) -> None:
     series += [
         SeriesPoint(ECHO, "52.1.2.4", T0 + 3600 * h, 100, 10, 1, 1) for h in range(1, 720)
     ]
+    series += [SeriesPoint(NEST, "142.250.1.1", T0 + s, 500, 50, 1, 1) for s in range(0, 7200, 7)]
     uploads = [make_upload(T0 + 10.25), make_upload(T0 + DAY), make_upload(T0 + 20, NEST, 50_000)]
     store.write_live(cid, devices=devices, series=series, uploads=uploads)
 

@@ -13,7 +13,7 @@ import pytest
 from spyglass import __version__
 from spyglass.agent.server import AgentServer, AgentServerError, StoreBackend
 from spyglass.api.client import AgentClient
-from spyglass.core.models import Device
+from spyglass.core.models import Device, SeriesPoint
 from spyglass.store.db import Store, StoreError
 from tests.agent.helpers import DAY, ECHO, NEST, STATUS, T0, Raw, make_upload, run_as_nobody
 
@@ -101,7 +101,8 @@ def test_a_month_at_one_second_is_downsampled_and_says_so(raw: Raw) -> None:
 
 def test_coarser_resolution_than_needed_is_kept(raw: Raw) -> None:
     result = raw.ask(
-        {"v": 1, "id": 8, "op": "series", "since": T0, "until": T0 + 60, "resolution_s": 30}
+        {"v": 1, "id": 8, "op": "series", "device": ECHO, "since": T0, "until": T0 + 60,
+         "resolution_s": 30}
     )["result"]
     assert result["resolution_s"] == 30
     # Buckets fall on multiples of the resolution (T0 is not one), and sum the seconds in them.
@@ -422,6 +423,29 @@ def test_reads_see_the_agents_later_writes_and_never_write(
         assert len(client.devices()) == 3
         with pytest.raises(StoreError, match="read-only"), backend._reader() as store:
             store.set_setting("retention_days", "1")
+
+
+@pytest.mark.parametrize("device", [ECHO, NEST, None])
+@pytest.mark.parametrize(
+    ("since", "until", "res"),
+    [(T0, T0 + 60, 60), (T0 - 100, T0 + 30 * DAY, 1800), (T0 + 7, T0 + 5000, 120),
+     (T0 + 0.5, T0 + 3 * DAY + 0.5, 3600), (T0 + 61, T0 + 62, 60), (T0, T0 + 7200, 1)],
+)
+def test_bucket_scan_gives_what_store_series_gives(
+    db_path: Path, backend: StoreBackend, device: str | None, since: float, until: float,
+    res: int,
+) -> None:
+    with Store.open(db_path) as store:
+        # A second capture of the same seconds: sums run across captures.
+        store.write_live(store.live_capture("wlan0"), series=[
+            SeriesPoint(NEST, "142.250.1.1", T0 + 14, 1, 2, 1, 1),
+            SeriesPoint(ECHO, "52.1.2.3", T0 + 3600, 5, 6, 1, 1),
+        ])
+        expected = [{"t": pt.second, "up": pt.bytes_up, "down": pt.bytes_down}
+                    for pt in store.series(device, since, until, res)]
+    with backend._reader() as reader:
+        assert backend._bucket_sums(reader, device, since, until, res) == expected
+    assert backend.series(device, since, until, res) == expected
 
 
 def test_store_backend_refuses_a_memory_store() -> None:
