@@ -500,6 +500,9 @@ class _PcapNg(_Format):
                     "iface", at, f"packet at byte {at} names interface 0, which is not defined"
                 )
                 return _SKIP, pos + blen, 0
+            if blen < 20 or self._u32(buf, pos + 8)[0] == 0:
+                self._problems.add("zero", at, f"zero-length packet at byte {at} skipped")
+                return _SKIP, pos + blen, 0
             return _REC, pos + blen, _KIND_SPB
         if btype == _IDB:
             if pending:
