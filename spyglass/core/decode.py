@@ -5,6 +5,16 @@ the batch is uniform, which is the common case) and writes its fields into full-
 arrays. A row that fails a check is marked malformed and drops out of the later layers, so its
 fields after the failure stay 0. Reads never leave the buffer: every gather index is clamped,
 and a value read at a clamped index is only used where the length checks passed.
+
+Conventions beyond frames.Decoded's docstrings:
+- ports and tcp_flags are 0 for everything but TCP and UDP (ICMP type/code are not ports);
+- a non-first IP fragment (IPv4 offset != 0, or an IPv6 fragment header with offset != 0)
+  keeps its protocol but has no transport header: ports 0, payload = the fragment data;
+- the payload of ICMP/ICMPv6 starts after its 8-byte header; for other protocols it is the
+  whole IP payload;
+- an IPv4 total length (or IPv6 payload length) of 0 means segmentation offload or a
+  jumbogram: the length is taken from the frame's wire length;
+- payload_cap never counts Ethernet padding or bytes beyond the frame's caplen.
 """
 
 from __future__ import annotations
