@@ -269,8 +269,8 @@ def peer_credentials(sock: Any) -> tuple[int, int, int]:
     return int(pid), int(uid), int(gid)
 
 
-def _proc_groups(pid: int) -> set[int]:
-    # SO_PEERCRED carries only the primary gid; the peer's supplementary groups are here.
+def _proc_groups(pid: int) -> set[int] | None:
+    """The peer's supplementary groups (SO_PEERCRED carries only the primary gid)."""
     try:
         with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
             for line in fh:
@@ -278,13 +278,17 @@ def _proc_groups(pid: int) -> set[int]:
                     return {int(g) for g in line.split()[1:] if g.isdigit()}
     except OSError:
         pass
-    return set()
+    return None
 
 
 def _in_group(pid: int, uid: int, gid: int, group: int) -> bool:
-    if gid == group or group in _proc_groups(pid):
+    if gid == group:
         return True
-    # The group database, for a peer whose /proc entry we could not read.
+    groups = _proc_groups(pid)
+    if groups is not None:
+        # What the process holds now, not what the group file says it could get at login.
+        return group in groups
+    # /proc hidden from us (hidepid): fall back to the group database.
     try:
         user = pwd.getpwuid(uid)
         members = grp.getgrgid(group).gr_mem

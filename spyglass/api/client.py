@@ -320,7 +320,9 @@ class Subscription(Iterator[dict[str, Any]]):
         self._lines = _Lines(self._sock)
         params = {} if events is None else {"events": list(events)}
         try:
-            self._sock.sendall(p.encode(p.request(1, "subscribe", **params)))
+            with contextlib.suppress(OSError):
+                # A refused client is closed on; the refusal line is read below.
+                self._sock.sendall(p.encode(p.request(1, "subscribe", **params)))
             while True:
                 msg = self._next_message("subscribe")
                 if msg.get("ok") is False:

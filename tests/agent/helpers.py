@@ -8,7 +8,7 @@ import shutil
 import socket
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,8 +139,8 @@ def raw(server: AgentServer, sock_path: Path) -> Iterator[Raw]:
 NOBODY = 65534
 
 
-def run_as_nobody(fn: Callable[[], bytes]) -> bytes:
-    """Run ``fn`` in a forked child that dropped to nobody (uid/gid 65534, no other groups)."""
+def run_as_nobody(fn: Callable[[], bytes], groups: Sequence[int] = ()) -> bytes:
+    """Run ``fn`` in a forked child that dropped to nobody (uid/gid 65534, only ``groups``)."""
     rfd, wfd = os.pipe()
     with warnings.catch_warnings():
         # The child only uses sockets and a pipe: no lock another thread might hold.
@@ -150,7 +150,7 @@ def run_as_nobody(fn: Callable[[], bytes]) -> bytes:
         code = 1
         try:
             os.close(rfd)
-            os.setgroups([])
+            os.setgroups(list(groups))
             os.setgid(NOBODY)
             os.setuid(NOBODY)
             os.write(wfd, fn())

@@ -361,7 +361,7 @@ def test_parent_directory_is_created(short_dir: Path, backend: StoreBackend) -> 
 # -- who may connect ----------------------------------------------------------------------------
 
 
-def _connect_as_nobody(path: str) -> bytes:
+def _connect_as_nobody(path: str, groups: tuple[int, ...] = ()) -> bytes:
     """What a process running as nobody reads from the socket after sending hello."""
 
     def child() -> bytes:
@@ -376,7 +376,7 @@ def _connect_as_nobody(path: str) -> bytes:
                 break
         return data or b"<closed>"
 
-    return run_as_nobody(child)
+    return run_as_nobody(child, groups)
 
 
 @pytest.fixture
@@ -407,6 +407,15 @@ def test_member_of_the_sockets_group_is_allowed(open_dir: Path, backend: StoreBa
     msg = json.loads(out.split(b"\n")[0])
     assert msg["ok"] is True, msg
     assert msg["result"]["server"] == "spyglass-agent"
+
+
+def test_supplementary_group_member_is_allowed(open_dir: Path, backend: StoreBackend) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to setuid() a child to nobody")
+    path = open_dir / "agent.sock"
+    with AgentServer(path, backend, group=4242):  # not nobody's primary group
+        out = _connect_as_nobody(str(path), groups=(4242,))
+    assert json.loads(out.split(b"\n")[0])["ok"] is True, out
 
 
 def test_reads_see_the_agents_later_writes_and_never_write(

@@ -234,17 +234,42 @@ def test_refused_client_gets_a_clear_error(short_dir: Path, backend: StoreBacken
     path = short_dir / "agent.sock"
 
     def child() -> bytes:
-        try:
-            AgentClient(path, timeout=10).hello()
-        except AgentError as exc:
-            return f"{type(exc).__name__}|{exc.code}|{exc}".encode()
-        return b"allowed"
+        outcomes = []
+        for attempt in (AgentClient(path, timeout=10).hello, AgentClient(path).subscribe):
+            try:
+                attempt()
+                outcomes.append("allowed")
+            except AgentError as exc:
+                outcomes.append(f"{type(exc).__name__}|{exc.code}|{exc}")
+        return "\n".join(outcomes).encode()
 
     with AgentServer(path, backend, mode=0o666):
         out = run_as_nobody(child).decode()
-    kind, code, message = out.split("|", 2)
-    assert (kind, code) == ("AgentError", "forbidden"), out
-    assert "may not use the Spyglass agent" in message
+    for outcome in out.split("\n"):
+        kind, code, message = outcome.split("|", 2)
+        assert (kind, code) == ("AgentError", "forbidden"), out
+        assert "may not use the Spyglass agent" in message
+
+
+def test_too_many_clients(sock_path: Path, backend: StoreBackend) -> None:
+    with (
+        AgentServer(sock_path, backend, max_clients=1),
+        AgentClient(sock_path) as first,
+        AgentClient(sock_path) as second,
+    ):
+        assert first.hello()
+        with pytest.raises(AgentError, match="too many clients") as info:
+            second.hello()
+        assert info.value.code == "internal"
+        first.close()
+        for _ in range(100):  # the server notices the first one left
+            try:
+                assert second.hello()
+                break
+            except AgentError:
+                threading.Event().wait(0.01)
+        else:
+            pytest.fail("the freed slot was never given to the waiting client")
 
 
 def test_socket_permissions_are_reported(short_dir: Path, backend: StoreBackend) -> None:
