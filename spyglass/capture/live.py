@@ -329,23 +329,30 @@ def open_capture_source(
     snaplen: int = DEFAULT_SNAPLEN,
     promisc: bool = False,
     ring_blocks: int | None = None,
+    ring_block_size: int | None = None,
     rcvbuf: int = DEFAULT_RCVBUF,
     kernel_timestamps: bool = True,
 ) -> LiveCapture | RingCapture:
     """A capture of ``ifname``: the memory-mapped ring when ``ring`` and the kernel allows it,
     else LiveCapture (one recvmsg per frame), with the reason logged as a warning.
 
-    ``ring_blocks`` (1 MiB each) sizes the ring; ``rcvbuf`` and ``kernel_timestamps`` apply to
-    LiveCapture only. Errors that would hit both (no such interface, not Ethernet, no
-    privileges, a bad filter) are raised, not fallen back from.
+    ``ring_blocks`` and ``ring_block_size`` (default 32 of 1 MiB) size the ring; ``rcvbuf``
+    and ``kernel_timestamps`` apply to LiveCapture only. Errors that would hit both (no such
+    interface, not Ethernet, no privileges, a bad filter) are raised, not fallen back from.
     """
     if ring:
-        from spyglass.capture.ring import DEFAULT_BLOCK_COUNT, RingCapture, RingUnavailable
+        from spyglass.capture.ring import (
+            DEFAULT_BLOCK_COUNT,
+            DEFAULT_BLOCK_SIZE,
+            RingCapture,
+            RingUnavailable,
+        )
 
         try:
             return RingCapture(
                 ifname, bpf_filter, snaplen=snaplen, promisc=promisc,
                 block_count=ring_blocks or DEFAULT_BLOCK_COUNT,
+                block_size=ring_block_size or DEFAULT_BLOCK_SIZE,
             )  # fmt: skip
         except RingUnavailable as exc:
             log.warning(

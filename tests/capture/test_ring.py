@@ -1,0 +1,338 @@
+"""RingCapture on the lab's gateway: the TPACKET_V3 ring sees exactly what LiveCapture sees."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+
+from spyglass.capture import CaptureStats, InterfaceGone, LiveCapture
+from spyglass.capture.live import open_capture_source
+from spyglass.capture.ring import RingCapture, RingUnavailable
+from spyglass.core.frames import FrameBatch
+from tests.capture.test_live import ipv4_frames
+from tests.netlab.lan import (
+    CLOUD_IP,
+    GATEWAY_LAN_IF,
+    SPEAKER_IP,
+    VENDOR_HOSTS,
+    HomeLan,
+    lan_or_skip,
+)
+
+pytestmark = pytest.mark.root
+
+GOOGLE = VENDOR_HOSTS["www.google.com"]
+APPLE = VENDOR_HOSTS["guzzoni.apple.com"]
+Source = LiveCapture | RingCapture
+
+
+@pytest.fixture(scope="module")
+def lan() -> Iterator[HomeLan]:
+    with lan_or_skip() as lab:
+        yield lab
+
+
+def ring_on_gateway(
+    lan: HomeLan, bpf: str | None, ifname: str = GATEWAY_LAN_IF, **kw: object
+) -> RingCapture:
+    return lan.call(lan.gateway, RingCapture, ifname, bpf, block_count=8, **kw)
+
+
+def read_until(
+    cap: Source, done: Callable[[list[FrameBatch]], bool] | None, seconds: float = 10, **kw: int
+) -> list[FrameBatch]:
+    """Batches until ``done(batches)`` holds or the time runs out (a bound, not a measurement)."""
+    batches: list[FrameBatch] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        batch = cap.read_batch(timeout_s=0.1, **kw)
+        if len(batch):
+            batches.append(batch)
+        if done is not None and done(batches):
+            break
+    return batches
+
+
+def count(batches: list[FrameBatch]) -> int:
+    return sum(len(b) for b in batches)
+
+
+def frames_of(batches: list[FrameBatch]) -> list[tuple[bytes, int, int]]:
+    return [
+        (b.buf[o : o + c], c, w)
+        for b in batches
+        for o, c, w in zip(b.offset.tolist(), b.caplen.tolist(), b.wirelen.tolist(), strict=True)
+    ]
+
+
+def test_udp_exact_counts_sizes_order_and_stats(lan: HomeLan) -> None:
+    port = 4440
+    sink = lan.start_udp_sink(host="0.0.0.0", port=port)
+    sizes = [1 + (i * 37) % 1400 for i in range(3000)]
+    with ring_on_gateway(lan, f"udp and dst port {port}") as cap:
+        before = time.time()
+        with lan.socket(lan.speaker, socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for n in sizes:
+                sender.sendto(b"q" * n, (GOOGLE, port))
+        assert sink.wait_bytes(sum(sizes))
+        batches = read_until(cap, lambda bs: count(bs) >= len(sizes))
+        batches += read_until(cap, None, seconds=0.2)  # nothing more may come
+        after = time.time()
+        frames = [f for b in batches for f in ipv4_frames(b)]
+        assert [f[5] for f in frames] == sizes  # same order, same payloads
+        assert all(f[:2] == (SPEAKER_IP, GOOGLE) for f in frames)
+        assert sum(int(b.wirelen.sum()) for b in batches) == sum(sizes) + 42 * len(sizes)
+        for b in batches:
+            assert (b.caplen == b.wirelen).all() and (b.linktype == 1).all()
+            assert b.offset.dtype == np.int64 and b.ts.dtype == np.float64
+        stamps = [t for b in batches for t in b.ts.tolist()]
+        assert stamps == sorted(stamps)
+        assert before - 1 <= stamps[0] and stamps[-1] <= after + 1
+        assert cap.stats() == CaptureStats(packets=len(sizes), drops=0)
+        assert cap.stats() == CaptureStats(packets=len(sizes), drops=0)  # accumulates
+
+
+def test_tcp_bytes_seen_match_bytes_sent(lan: HomeLan) -> None:
+    sink = lan.start_tcp_sink(port=9011)
+    payload = bytes(range(256)) * 1000
+    with ring_on_gateway(lan, "tcp and port 9011") as cap:
+        client = lan.socket(lan.speaker)
+        client.settimeout(10)
+        client.connect((CLOUD_IP, 9011))
+        client.sendall(payload)
+        client.close()
+        assert sink.wait_bytes(len(payload))
+
+        def upstream(batches: list[FrameBatch]) -> tuple[int, bool]:
+            sent, fin = 0, False
+            for b in batches:
+                for src, _dst, _p, _sp, _dp, n, flags in ipv4_frames(b):
+                    if src == SPEAKER_IP:
+                        sent += n
+                        fin = fin or bool(flags[0] & 0x01)
+            return sent, fin
+
+        batches = read_until(cap, lambda bs: upstream(bs) == (len(payload), True))
+        assert upstream(batches) == (len(payload), True)
+        for b in batches:
+            assert all(p == 6 and 9011 in (sp, dp) for _s, _d, p, sp, dp, _n, _f in ipv4_frames(b))
+            assert len(list(ipv4_frames(b))) == len(b)
+
+
+def test_filter_restricts_to_one_host(lan: HomeLan) -> None:
+    lan.start_udp_sink(host="0.0.0.0", port=4441)
+    with ring_on_gateway(lan, f"host {GOOGLE}") as cap:
+        with lan.socket(lan.speaker, socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for i in range(30):
+                sender.sendto(b"x" * 100, (GOOGLE if i % 3 == 0 else APPLE, 4441))
+        batches = read_until(cap, lambda bs: count(bs) >= 10, seconds=5)
+        batches += read_until(cap, None, seconds=0.3)  # anything the filter wrongly let in
+        frames = [f for b in batches for f in ipv4_frames(b)]
+        assert len(frames) == 10
+        assert {f[1] for f in frames} == {GOOGLE}
+
+
+@pytest.mark.parametrize("port,bpf", [(4442, "udp and dst port 4442"), (4446, None)],
+                         ids=["filter", "no-filter"])  # fmt: skip
+def test_snaplen_cuts_frames_but_keeps_wire_length(
+    lan: HomeLan, port: int, bpf: str | None
+) -> None:
+    lan.start_udp_sink(host="0.0.0.0", port=port)
+    with ring_on_gateway(lan, bpf, snaplen=64) as cap:
+        with lan.socket(lan.speaker, socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"w" * 1000, (CLOUD_IP, port))
+
+        def ours(batches: list[FrameBatch]) -> list[tuple[int, int]]:
+            return [
+                (c, w)
+                for b in batches
+                for (_s, _d, _p, _sp, dp, _n, _f), c, w in zip(
+                    ipv4_frames(b), b.caplen.tolist(), b.wirelen.tolist(), strict=False
+                )
+                if dp == port
+            ]
+
+        batches = read_until(cap, lambda bs: bool(ours(bs)), seconds=5)
+        assert ours(batches) == [(64, 1042)]
+        # The kernel cut every frame (the filter's return is the snaplen): the ring held less.
+        assert all((b.caplen <= 64).all() for b in batches)
+
+
+def test_empty_batch_on_timeout_and_max_frames(lan: HomeLan) -> None:
+    lan.start_udp_sink(host="0.0.0.0", port=4443)
+    with ring_on_gateway(lan, "udp and dst port 4443") as cap:
+        empty = cap.read_batch(timeout_s=0.05)
+        assert len(empty) == 0 and empty.buf == b"" and empty.ts.dtype == np.float64
+        assert len(cap.read_batch(max_frames=0)) == 0
+        with lan.socket(lan.speaker, socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for i in range(25):
+                sender.sendto(bytes([i]) * (20 + i), (CLOUD_IP, 4443))
+        # One block holds all 25: handed out 3 at a time from a single copy.
+        batches = read_until(cap, lambda bs: count(bs) >= 25, max_frames=3)
+        assert all(len(b) <= 3 for b in batches)
+        assert [f[5] for b in batches for f in ipv4_frames(b)] == [20 + i for i in range(25)]
+        assert len(cap.read_batch(timeout_s=0.05)) == 0
+
+
+def test_same_frames_as_livecapture(lan: HomeLan) -> None:
+    """The same mixed traffic captured both ways gives identical frames, sizes and times."""
+    udp_sink = lan.start_udp_sink(host="0.0.0.0", port=4444, echo=True)
+    tcp_sink = lan.start_tcp_sink(host=APPLE, port=9012)
+    bpf = "udp port 4444 or tcp port 9012 or icmp"
+    for snaplen in (262_144, 100):
+        live = lan.call(lan.gateway, LiveCapture, GATEWAY_LAN_IF, bpf, snaplen=snaplen)
+        ring = ring_on_gateway(lan, bpf, snaplen=snaplen)
+        with live, ring:
+            udp_before, tcp_before = udp_sink.bytes_received, tcp_sink.bytes_received
+            with lan.socket(lan.speaker, socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                for i in range(400):
+                    udp.sendto(bytes([i % 251]) * (1 + i * 3), (GOOGLE, 4444))
+            with lan.socket(lan.speaker) as tcp:
+                tcp.settimeout(10)
+                tcp.connect((APPLE, 9012))
+                tcp.sendall(bytes(range(256)) * 400)
+            ping(lan, CLOUD_IP, [b"p" * 1400, b"", b"spyglass"])
+            assert udp_sink.wait_bytes(udp_before + sum(1 + i * 3 for i in range(400)))
+            assert tcp_sink.wait_bytes(tcp_before + 256 * 400)
+            time.sleep(0.3)  # echoes and FIN exchange settle; both keep queueing meanwhile
+            got_live = read_until(live, None, seconds=0.5)
+            got_ring = read_until(ring, None, seconds=0.5)
+            a, b = frames_of(got_live), frames_of(got_ring)
+            assert a == b
+            protos = [f[2] for x in got_ring for f in ipv4_frames(x)]
+            assert protos.count(17) == 800 and protos.count(1) >= 6 and protos.count(6) > 10
+            ts_live = np.concatenate([x.ts for x in got_live])
+            ts_ring = np.concatenate([x.ts for x in got_ring])
+            # Usually bit-identical (one kernel stamp per skb); at worst stamped a moment apart.
+            assert np.abs(ts_live - ts_ring).max() < 1.0
+            assert live.stats() == ring.stats() == CaptureStats(len(a), 0)
+
+
+def ping(lan: HomeLan, dst: str, payloads: list[bytes]) -> None:
+    """ICMP echo requests from the speaker (the lab has no ping binary); the cloud answers."""
+    sock = lan.call(
+        lan.speaker, socket.socket, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP
+    )
+    with sock:
+        for seq, data in enumerate(payloads):
+            body = struct.pack("!HH", 0x5347, seq) + data
+            csum = sum(struct.unpack(f"!{len(body) // 2}H", body[: len(body) // 2 * 2]))
+            csum += body[-1] << 8 if len(body) % 2 else 0
+            csum = (csum & 0xFFFF) + (csum >> 16)
+            csum = ~((csum & 0xFFFF) + (csum >> 16)) & 0xFFFF
+            sock.sendto(struct.pack("!BBH", 8, 0, csum) + body, (dst, 0))
+
+
+def _veth_pair(lan: HomeLan) -> None:
+    lan.run(lan.gateway, "ip", "link", "add", "tap0", "type", "veth", "peer", "name", "tap1")
+    lan.run(lan.gateway, "ip", "link", "set", "tap0", "up")
+    lan.run(lan.gateway, "ip", "link", "set", "tap1", "up")
+
+
+def _inject(lan: HomeLan, frames: int) -> None:
+    inject = lan.call(lan.gateway, socket.socket, socket.AF_PACKET, socket.SOCK_RAW, 0)
+    with inject:
+        inject.bind(("tap1", 0))
+        frame = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + b"\x88\xb5" + b"spyglass" * 8
+        for _ in range(frames):
+            inject.send(frame)
+
+
+def test_interface_removal_raises_interface_gone_and_reopen(lan: HomeLan) -> None:
+    _veth_pair(lan)
+    cap = ring_on_gateway(lan, "ether proto 0x88b5", ifname="tap0")
+    try:
+        old_fd = cap.fileno()
+        _inject(lan, 5)
+        end = time.monotonic() + 5  # let the veth deliver before the unplug
+        while cap.stats().packets < 5 and time.monotonic() < end:
+            time.sleep(0.01)
+        lan.delete_link(lan.gateway, "tap0")
+        seen = 0
+        with pytest.raises(InterfaceGone, match="'tap0' was removed") as info:
+            for _ in range(10):
+                seen += len(cap.read_batch(timeout_s=0.5))
+        assert seen == 5  # what arrived before the removal is handed out first
+        assert info.value.ifname == "tap0"
+        with pytest.raises(InterfaceGone):
+            cap.read_batch()
+        with pytest.raises(InterfaceGone, match="gave up after 2 tries"):
+            cap.reopen(attempts=2, delay_s=0.01)
+        _veth_pair(lan)
+        cap.reopen(attempts=2, delay_s=0.01)  # from this thread, in the gateway namespace
+        assert cap.fileno() >= 0 and cap.ring_bytes > 0
+        _inject(lan, 1)
+        batches = read_until(cap, lambda bs: count(bs) >= 1, seconds=5)
+        assert count(batches) == 1
+        assert batches[0].wirelen.tolist() == [78]
+        assert cap.stats() == CaptureStats(packets=6, drops=0)  # carried over the reopen
+    finally:
+        cap.close()
+        lan.run(lan.gateway, "ip", "link", "del", "tap0", check=False)
+    assert old_fd >= 0
+    with pytest.raises(ValueError, match="closed"):
+        cap.read_batch()
+
+
+def test_interface_down_raises_interface_gone(lan: HomeLan) -> None:
+    _veth_pair(lan)
+    try:
+        with ring_on_gateway(lan, None, ifname="tap0") as cap:
+            lan.run(lan.gateway, "ip", "link", "set", "tap0", "down")
+            with pytest.raises(InterfaceGone, match="'tap0' went down"):
+                for _ in range(10):
+                    cap.read_batch(timeout_s=0.5)
+    finally:
+        lan.run(lan.gateway, "ip", "link", "del", "tap0", check=False)
+
+
+def test_missing_and_non_ethernet_interfaces(lan: HomeLan) -> None:
+    with pytest.raises(InterfaceGone, match="'nosuch0' does not exist"):
+        ring_on_gateway(lan, None, ifname="nosuch0")
+    lan.run(lan.gateway, "ip", "tuntap", "add", "mode", "tun", "name", "tun8")
+    try:
+        with pytest.raises(ValueError, match="not Ethernet"):
+            ring_on_gateway(lan, None, ifname="tun8")
+    finally:
+        lan.run(lan.gateway, "ip", "link", "del", "tun8", check=False)
+
+
+def test_bad_arguments_are_clear_value_errors() -> None:
+    with pytest.raises(ValueError, match="not a valid interface name"):
+        RingCapture("x" * 20)
+    with pytest.raises(ValueError, match="snaplen 10 is too small"):
+        RingCapture("eth0", snaplen=10)
+    with pytest.raises(ValueError, match="multiple of the page size"):
+        RingCapture("eth0", block_size=5000)
+    with pytest.raises(ValueError, match="bad ring shape"):
+        RingCapture("eth0", block_count=0)
+    with pytest.raises(ValueError, match="bad capture filter"):
+        RingCapture("eth0", "hots 1.2.3.4")
+
+
+def test_factory_picks_the_ring_and_falls_back(
+    lan: HomeLan, caplog: pytest.LogCaptureFixture
+) -> None:
+    ring = lan.call(lan.gateway, open_capture_source, GATEWAY_LAN_IF, "udp port 4445")
+    with ring:
+        assert isinstance(ring, RingCapture)
+    live = lan.call(lan.gateway, open_capture_source, GATEWAY_LAN_IF, "udp", ring=False)
+    with live:
+        assert isinstance(live, LiveCapture)
+    # A ring the kernel refuses outright (a 2 GiB block): RingUnavailable, then LiveCapture.
+    with pytest.raises(RingUnavailable, match="cannot set up a 2048 MiB receive ring"):
+        lan.call(lan.gateway, RingCapture, GATEWAY_LAN_IF, block_size=1 << 31, block_count=1)
+    with caplog.at_level(logging.WARNING, logger="spyglass.capture.live"):
+        fallback = lan.call(
+            lan.gateway, open_capture_source, GATEWAY_LAN_IF, ring_block_size=1 << 31
+        )
+    with fallback:
+        assert isinstance(fallback, LiveCapture)
+    assert "falling back to one recvmsg per frame" in caplog.text
+    assert "MiB receive ring: Invalid argument" in caplog.text
