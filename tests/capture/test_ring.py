@@ -206,7 +206,7 @@ def test_same_frames_as_livecapture(lan: HomeLan) -> None:
             a, b = frames_of(got_live), frames_of(got_ring)
             assert a == b
             protos = [f[2] for x in got_ring for f in ipv4_frames(x)]
-            assert protos.count(17) == 800 and protos.count(1) >= 6 and protos.count(6) > 10
+            assert protos.count(17) == 800 and protos.count(1) >= 3 and protos.count(6) > 10
             ts_live = np.concatenate([x.ts for x in got_live])
             ts_ring = np.concatenate([x.ts for x in got_ring])
             # Usually bit-identical (one kernel stamp per skb); at worst stamped a moment apart.
