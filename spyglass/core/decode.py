@@ -52,8 +52,9 @@ _MAX_EXT: Final = 8  # longer extension chains are treated as malformed
 Idx = Any  # a slice (all rows) or an index array
 
 
-_L3_BLOCK: Final = 44  # IPv4 header without options plus the transport block after it
-_L4_BLOCK: Final = 24  # fixed part of a TCP header (20), UDP and ICMP (8), with slack
+_HEAD: Final = 64  # link + IPv4 + TCP headers of the common frame
+_L3_BLOCK: Final = 20  # IPv4 header without options
+_L4_BLOCK: Final = 16  # fixed part of a TCP header up to its flags, UDP and ICMP headers
 _TAIL: Final = 4096
 
 
@@ -117,6 +118,42 @@ def _mac(blocks: npt.NDArray[np.void], width: int, at: int) -> U64:
     return ((hi << 32) | _col(blocks, width, at + 2, ">u4")).astype(np.uint64)
 
 
+class _Head:
+    """The first 64 bytes of every frame, gathered once from the (large, cache-cold) buffer.
+
+    Later layers read their headers out of this compact copy, which stays in cache; only
+    headers reaching past it (VLAN stacks, IP options, IPv6 extension chains) go back to
+    the buffer.
+    """
+
+    def __init__(self, g: _Buf, off: I64) -> None:
+        self.g = g
+        self.off = off
+        self.arr = g.block(off, _HEAD)
+        self.start = np.arange(off.size, dtype=np.int64) * _HEAD
+        self._views: dict[int, npt.NDArray[np.void]] = {}
+
+    def rows(self, rows: Idx) -> npt.NDArray[np.void]:
+        return self.arr if isinstance(rows, slice) else self.arr[rows]
+
+    def block(self, rows: Idx, at: I64, width: int) -> npt.NDArray[np.void]:
+        """``width`` bytes at buffer offsets ``at`` (one per row of ``rows``)."""
+        rel = at - self.off[rows]
+        flat = self.start[rows] + rel
+        inside = (rel >= 0) & (rel <= _HEAD - width)
+        view = self._views.get(width)
+        if view is None:
+            count = self.arr.size * _HEAD - width + 1
+            view = np.ndarray((max(count, 0),), np.dtype(f"V{width}"), self.arr, 0, (1,))
+            self._views[width] = view
+        if inside.all():
+            return view[flat]
+        out = view[np.where(inside, flat, 0)] if view.size else self.g.block(at, width)
+        outside = ~inside
+        out[outside] = self.g.block(at[outside], width)
+        return out
+
+
 def _select(mask: B) -> Idx:
     """Rows where mask holds: a slice when that is every row (views, no gathers)."""
     rows = np.flatnonzero(mask)
@@ -159,7 +196,6 @@ class _Out:
         self.l4 = np.zeros(n, np.int64)  # absolute offset of the transport header
         self.l4len = np.zeros(n, np.int64)  # transport bytes on the wire (IP payload)
         self.frag = np.zeros(n, np.bool_)  # a non-first fragment: no transport header
-        self.l4blk = np.zeros(n, np.dtype(f"V{_L4_BLOCK}"))  # bytes at l4
 
     def bad(self, rows: Idx, fail: B) -> None:
         if isinstance(rows, slice):
@@ -178,20 +214,21 @@ def decode(batch: FrameBatch) -> Decoded:
     off = batch.offset.astype(np.int64, copy=False)
     end = off + batch.caplen
     wend = off + batch.wirelen  # where the frame ends on the wire
+    head = _Head(g, off)
     first = int(batch.linktype[0])
     if bool((batch.linktype == first).all()):
-        _link(g, out, first, slice(None), off, end)
+        _link(head, out, first, slice(None), off, end)
     else:
         for lt in np.unique(batch.linktype).tolist():
             rows = np.flatnonzero(batch.linktype == lt)
-            _link(g, out, int(lt), rows, off[rows], end[rows])
-    _vlans(g, out, end)
+            _link(head, out, int(lt), rows, off[rows], end[rows])
+    _vlans(head, out, end)
     ok = ~out.malformed
-    _ipv4(g, out, _select(ok & (out.ethertype == ETH_IPV4)), end, wend)
+    _ipv4(head, out, _select(ok & (out.ethertype == ETH_IPV4)), end, wend)
     v6 = ok & (out.ethertype == ETH_IPV6)
     if v6.any():
-        _ipv6(g, out, _select(v6), end, wend)
-    _transport(out, end)
+        _ipv6(head, out, _select(v6), end, wend)
+    _transport(head, out, end)
     return _finish(batch, out)
 
 
@@ -219,13 +256,14 @@ def _finish(batch: FrameBatch, out: _Out) -> Decoded:
     )
 
 
-def _link(g: _Buf, out: _Out, lt: int, rows: Idx, off: I64, end: I64) -> None:
+def _link(head: _Head, out: _Out, lt: int, rows: Idx, off: I64, end: I64) -> None:
     """Link-layer header: MACs, ethertype and the network header offset."""
     cap = end - off
+    blk = head.rows(rows)
+    w = _HEAD
     if lt == LINKTYPE_ETHERNET:
         short = cap < 14
-        blk = g.block(off, 14)
-        dst, src, et = _mac(blk, 14, 0), _mac(blk, 14, 6), _col(blk, 14, 12, ">u2")
+        dst, src, et = _mac(blk, w, 0), _mac(blk, w, 6), _col(blk, w, 12, ">u2")
         if short.any():
             dst[short] = src[short] = et[short] = 0
         out.dst_mac[rows] = dst
@@ -233,22 +271,20 @@ def _link(g: _Buf, out: _Out, lt: int, rows: Idx, off: I64, end: I64) -> None:
         l3 = off + 14
     elif lt == LINKTYPE_LINUX_SLL:
         short = cap < 16
-        blk = g.block(off, 16)
-        has_mac = ~short & (_col(blk, 16, 4, ">u2") == 6)
-        out.src_mac[rows] = np.where(has_mac, _mac(blk, 16, 6), 0)
-        et = np.where(short, 0, _col(blk, 16, 14, ">u2"))
+        has_mac = ~short & (_col(blk, w, 4, ">u2") == 6)
+        out.src_mac[rows] = np.where(has_mac, _mac(blk, w, 6), 0)
+        et = np.where(short, 0, _col(blk, w, 14, ">u2"))
         l3 = off + 16
     elif lt == LINKTYPE_LINUX_SLL2:
         short = cap < 20
-        blk = g.block(off, 20)
-        has_mac = ~short & (_col(blk, 20, 11, "u1") == 6)
-        out.src_mac[rows] = np.where(has_mac, _mac(blk, 20, 12), 0)
-        et = np.where(short, 0, _col(blk, 20, 0, ">u2"))
+        has_mac = ~short & (_col(blk, w, 11, "u1") == 6)
+        out.src_mac[rows] = np.where(has_mac, _mac(blk, w, 12), 0)
+        et = np.where(short, 0, _col(blk, w, 0, ">u2"))
         l3 = off + 20
     elif lt in (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6):
         short = cap < 1
         if lt == LINKTYPE_RAW:
-            ver = g.b(off) >> 4
+            ver = _col(blk, w, 0, "u1") >> 4
             et = np.where(ver == 4, ETH_IPV4, np.where(ver == 6, ETH_IPV6, 0))
             short = short | (et == 0)  # raw IP that is neither v4 nor v6
         else:
@@ -257,9 +293,8 @@ def _link(g: _Buf, out: _Out, lt: int, rows: Idx, off: I64, end: I64) -> None:
     elif lt == LINKTYPE_NULL:
         short = cap < 4
         # The family is in the capturing host's byte order; every value we know fits a byte.
-        blk = g.block(off, 4)
-        first = _col(blk, 4, 0, "u1")
-        fam = np.where(first != 0, first, _col(blk, 4, 3, "u1"))
+        first = _col(blk, w, 0, "u1")
+        fam = np.where(first != 0, first, _col(blk, w, 3, "u1"))
         v6fam = (fam == 10) | (fam == 24) | (fam == 28) | (fam == 30)
         et = np.where(short, 0, np.where(fam == 2, ETH_IPV4, np.where(v6fam, ETH_IPV6, 0)))
         l3 = off + 4
@@ -272,7 +307,7 @@ def _link(g: _Buf, out: _Out, lt: int, rows: Idx, off: I64, end: I64) -> None:
     out.bad(rows, short)
 
 
-def _vlans(g: _Buf, out: _Out, end: I64) -> None:
+def _vlans(head: _Head, out: _Out, end: I64) -> None:
     """Skip up to two 802.1Q/802.1ad tags; ``vlan`` keeps the outermost id."""
     for depth in range(2):
         et = out.ethertype
@@ -283,7 +318,7 @@ def _vlans(g: _Buf, out: _Out, end: I64) -> None:
         rows = np.flatnonzero(tagged)
         l3 = out.l3[rows]
         short = end[rows] - l3 < 4
-        blk = g.block(l3, 4)
+        blk = head.block(rows, l3, 4)
         if depth == 0:
             out.vlan[rows] = np.where(short, 0, _col(blk, 4, 0, ">u2") & 0x0FFF)
         out.ethertype[rows] = np.where(short, 0, _col(blk, 4, 2, ">u2"))
@@ -291,12 +326,12 @@ def _vlans(g: _Buf, out: _Out, end: I64) -> None:
         out.bad(rows, short)
 
 
-def _ipv4(g: _Buf, out: _Out, rows: Idx, end_all: I64, wend_all: I64) -> None:
+def _ipv4(head: _Head, out: _Out, rows: Idx, end_all: I64, wend_all: I64) -> None:
     p = out.l3[rows]
     if p.size == 0:
         return
     w = _L3_BLOCK
-    blk = g.block(p, w)
+    blk = head.block(rows, p, w)
     end = end_all[rows]
     room = wend_all[rows] - p  # bytes of network layer on the wire
     vihl = _col(blk, w, 0, "u1")
@@ -320,20 +355,13 @@ def _ipv4(g: _Buf, out: _Out, rows: Idx, end_all: I64, wend_all: I64) -> None:
     out.l4[rows] = l4
     out.l4len[rows] = total - hlen
     out.frag[rows] = (_col(blk, w, 6, ">u2") & 0x1FFF) != 0
-    # The transport header usually follows a 20-byte IP header, inside the block we have.
-    out.l4blk[rows] = np.ndarray((p.size,), out.l4blk.dtype, blk, 20, (w,))
-    opts = hlen != 20
-    if opts.any():
-        moved = np.flatnonzero(opts)
-        target = moved if isinstance(rows, slice) else rows[moved]
-        out.l4blk[target] = g.block(l4[moved], _L4_BLOCK)
 
 
-def _ipv6(g: _Buf, out: _Out, rows: Idx, end_all: I64, wend_all: I64) -> None:
+def _ipv6(head: _Head, out: _Out, rows: Idx, end_all: I64, wend_all: I64) -> None:
     p = out.l3[rows]
     end = end_all[rows]
     room = wend_all[rows] - p - 40
-    blk = g.block(p, 40)
+    blk = head.block(rows, p, 40)
     plen = _col(blk, 40, 4, ">u2")
     plen = np.where(plen == 0, room, plen)  # jumbogram or offload: the frame tells
     fail = (end - p < 40) | (_col(blk, 40, 0, "u1") >> 4 != 6) | (plen > room)
@@ -359,7 +387,7 @@ def _ipv6(g: _Buf, out: _Out, rows: Idx, end_all: I64, wend_all: I64) -> None:
         ext &= ~frag & ~bad
         if not ext.any():
             break
-        eb = g.block(l4, 4)
+        eb = head.block(rows, l4, 4)
         size = _col(eb, 4, 1, "u1")
         hl = np.where(nh == 44, 8, np.where(nh == 51, (size + 2) * 4, (size + 1) * 8))
         cut = ext & ((end - l4 < 8) | (end - l4 < hl) | (l4len < hl))
@@ -381,10 +409,9 @@ def _ipv6(g: _Buf, out: _Out, rows: Idx, end_all: I64, wend_all: I64) -> None:
     out.l4[rows] = l4
     out.l4len[rows] = l4len
     out.frag[rows] = frag
-    out.l4blk[rows] = g.block(l4, _L4_BLOCK)
 
 
-def _transport(out: _Out, end_all: I64) -> None:
+def _transport(head: _Head, out: _Out, end_all: I64) -> None:
     """TCP/UDP/ICMP headers and the payload window of every IP row still well-formed."""
     ip = (out.ipver != 0) & ~out.malformed
     if not ip.any():
@@ -393,8 +420,8 @@ def _transport(out: _Out, end_all: I64) -> None:
     proto = out.proto[rows]
     l4 = out.l4[rows]
     l4len = out.l4len[rows]
-    blk = out.l4blk[rows]
     w = _L4_BLOCK
+    blk = head.block(rows, l4, w)
     avail = end_all[rows] - l4  # captured bytes from the transport header on
     whole = out.frag[rows]  # non-first fragments: everything is payload
     tcp = (proto == 6) & ~whole
@@ -416,9 +443,9 @@ def _transport(out: _Out, end_all: I64) -> None:
     good = ~fail
     if not good.all():
         rows = _sub(rows, good)
-        blk, tcp_word, hdr, paylen, l4, avail, tcp, udp = (
-            a[good] for a in (blk, tcp_word, hdr, paylen, l4, avail, tcp, udp)
-        )
+        blk, tcp, udp = blk[good], tcp[good], udp[good]
+        tcp_word, hdr, paylen = tcp_word[good], hdr[good], paylen[good]
+        l4, avail = l4[good], avail[good]
     has_ports = tcp | udp
     out.sport[rows] = np.where(has_ports, _col(blk, w, 0, ">u2"), 0)
     out.dport[rows] = np.where(has_ports, _col(blk, w, 2, ">u2"), 0)
