@@ -108,7 +108,6 @@ class _Problems:
     def __init__(self, report: ReadReport) -> None:
         self._report = report
         self._seen: dict[str, tuple[ReadProblem, str, int]] = {}
-        self._dropped = 0
 
     def add(self, kind: str, offset: int, message: str) -> None:
         seen = self._seen.get(kind)
@@ -119,7 +118,10 @@ class _Problems:
             problem.message = f"{first} ({count} times, first at byte {problem.offset})"
             return
         if len(self._seen) >= _MAX_PROBLEMS:
-            self._dropped += 1
+            if "more" not in self._seen:
+                extra = ReadProblem(offset, f"more kinds of problems from byte {offset} not listed")
+                self._seen["more"] = (extra, extra.message, 1)
+                self._report.problems.append(extra)
             return
         problem = ReadProblem(offset, message)
         self._seen[kind] = (problem, message, 1)
@@ -306,11 +308,9 @@ def _wire(wirelen: I64, caplen: npt.NDArray[np.integer[Any]]) -> I32:
 class _Format:
     """What a file format must provide to the chunk loop."""
 
-    name: str
-    header_len: int
     file_base = 0  # file offset of the current buffer's first byte, for messages
 
-    def walk(self, buf: bytes, start: int, at_eof: bool) -> _Walk:
+    def walk(self, buf: bytes, start: int) -> _Walk:
         raise NotImplementedError
 
     def batch(self, buf: bytes, walk: _Walk) -> FrameBatch | None:
@@ -318,9 +318,6 @@ class _Format:
 
 
 class _Pcap(_Format):
-    name = "pcap"
-    header_len = 24
-
     def __init__(self, header: bytes, problems: _Problems) -> None:
         order, self._frac = _PCAP_MAGICS[header[:4]]
         self._order = order
@@ -335,7 +332,7 @@ class _Pcap(_Format):
         self._problems = problems
         self._scratch = _Scratch()
 
-    def walk(self, buf: bytes, start: int, at_eof: bool) -> _Walk:
+    def walk(self, buf: bytes, start: int) -> _Walk:
         end = len(buf)
         cand = np.zeros(0, np.int64)
         nxt = cand
@@ -400,9 +397,6 @@ class _Pcap(_Format):
 
 
 class _PcapNg(_Format):
-    name = "pcapng"
-    header_len = 0  # the first SHB is walked like any block
-
     def __init__(self, problems: _Problems) -> None:
         self._problems = problems
         self._scratch = _Scratch()
@@ -418,7 +412,7 @@ class _PcapNg(_Format):
         self._epb = struct.Struct(order + "IIIII").unpack_from
         self._u16 = struct.Struct(order + "H").unpack_from
 
-    def walk(self, buf: bytes, start: int, at_eof: bool) -> _Walk:
+    def walk(self, buf: bytes, start: int) -> _Walk:
         end = len(buf)
         n_if = len(self._ifaces)
         if end - start >= 64 and n_if:
@@ -773,7 +767,7 @@ class CaptureReader:
             fmt.file_base = base
             start = 0
             while True:
-                walk = fmt.walk(buf, start, at_eof)
+                walk = fmt.walk(buf, start)
                 batch = fmt.batch(buf, walk)
                 report.bytes_read = base + walk.stop
                 if batch is not None:
