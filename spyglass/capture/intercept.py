@@ -1,0 +1,569 @@
+"""Intercept mode: put this host in the path between chosen devices and the router by ARP
+(as IoT Inspector and Firewalla's simple mode do), and always put the true entries back.
+
+Every exit path restores: stop(), leaving the ``with`` block (an exception too), remove() of
+one device, SIGTERM/SIGINT/SIGHUP and interpreter exit (install_exit_handlers), and SIGKILL or
+a crash (a separate watchdog process, see spyglass.capture.watchdog). Before poisoning
+anything it refuses to start when another host already intercepts the router or a device.
+
+Poisoning is unicast ARP replies every ``period_s`` (2 s), plus an immediate answer when a
+target asks for the router (or the router for a target), so a re-ARP does not slip past us.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import heapq
+import ipaddress
+import itertools
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from types import FrameType
+from typing import Self
+
+from spyglass.capture.arp import (
+    OP_CLAIM,
+    OP_REPLY,
+    OP_REQUEST,
+    ArpSocket,
+    claim,
+    correction_frames,
+    in_netns,
+    poison_frames,
+    send_rounds,
+    who_has,
+)
+from spyglass.capture.watchdog import (
+    InterceptState,
+    read_sysctl,
+    restore_sysctls,
+    start_watchdog,
+    write_state,
+    write_sysctl,
+)
+from spyglass.core.proto.arp import ArpInfo
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PERIOD_S = 2.0
+RESOLVE_WINDOW_S = 0.6
+RESTORE_ROUNDS = 5
+RESTORE_SPACING_S = 0.5
+# A Linux neighbour entry ignores a reply with another MAC for ``locktime`` (1 s) after an
+# update: the answer right after the true owner's is ignored, this second one is not.
+REPOISON_AFTER_S = 1.1
+_IP_FORWARD = "net/ipv4/ip_forward"
+
+
+class InterceptError(RuntimeError):
+    """Interception cannot start or continue; the message says why."""
+
+
+class InterceptConflict(InterceptError):
+    """Another host already intercepts (or claims) an address we were asked to intercept."""
+
+
+def _ipv4(value: str, what: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise ValueError(f"{what} {value!r} is not an IPv4 address") from None
+
+
+class Interceptor:
+    """ARP interception of chosen devices and the router on one interface. A context manager.
+
+    ``netns`` names an ``ip netns`` namespace holding ``ifname`` (default: the network
+    namespace of the thread creating the Interceptor). ``state_file`` is where the watchdog
+    reads what to restore (default: a private temporary directory, removed after a clean stop).
+    """
+
+    def __init__(
+        self,
+        ifname: str,
+        router_ip: str,
+        *,
+        netns: str | None = None,
+        period_s: float = DEFAULT_PERIOD_S,
+        state_file: Path | str | None = None,
+        watchdog: bool = True,
+        resolve_window_s: float = RESOLVE_WINDOW_S,
+    ) -> None:
+        if period_s <= 0:
+            raise ValueError(f"poisoning period must be positive, not {period_s}")
+        self.ifname = ifname
+        self.router_ip = _ipv4(router_ip, "router address")
+        self.period_s = period_s
+        self.resolve_window_s = resolve_window_s
+        self.use_watchdog = watchdog
+        self._state_path = Path(state_file) if state_file is not None else None
+        self._own_state_dir: Path | None = None
+        path = f"/var/run/netns/{netns}" if netns else "/proc/thread-self/ns/net"
+        if netns is not None and ("/" in netns or netns in ("", ".", "..")):
+            raise ValueError(f"not a network namespace name: {netns!r}")
+        try:
+            self._netns_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise ValueError(f"no network namespace named {netns!r}") from None
+        self._life = threading.RLock()  # start/stop; never taken by the worker
+        self._lock = threading.RLock()  # targets and schedule; reentrant for signal handlers
+        self._wanted: list[str] = []
+        self._active: dict[str, str] = {}  # target ip -> true mac, being poisoned
+        self._restoring: dict[str, str] = {}  # removed, corrections still being sent
+        self._macs: dict[str, str] = {}  # learned true MACs (cache)
+        self._schedule: list[tuple[float, int, str, str]] = []
+        self._seq = itertools.count()
+        self._sock: ArpSocket | None = None
+        self._router_mac: str | None = None
+        self._sysctls: dict[str, str] = {}
+        self._watchdog: subprocess.Popen[bytes] | None = None
+        self._worker: threading.Thread | None = None
+        self._halt = threading.Event()
+        self._running = False
+        self.error: BaseException | None = None  # what stopped the worker, if anything did
+
+    # -- public ------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    @property
+    def targets(self) -> dict[str, str]:
+        """The devices being intercepted now: ip -> true MAC."""
+        with self._lock:
+            return dict(self._active)
+
+    @property
+    def router_mac(self) -> str | None:
+        return self._router_mac
+
+    @property
+    def state_file(self) -> Path | None:
+        return self._state_path
+
+    @property
+    def watchdog_pid(self) -> int | None:
+        return self._watchdog.pid if self._watchdog is not None else None
+
+    def add(self, target_ip: str) -> None:
+        """Intercept ``target_ip`` too (at once when running: its MAC is learned and checked
+        first, InterceptConflict when someone else intercepts it)."""
+        ip = _ipv4(target_ip, "device address")
+        if ip == self.router_ip:
+            raise ValueError(f"{ip} is the router; choose the devices to intercept")
+        with self._life:
+            if not self._running:
+                if ip not in self._wanted:
+                    self._wanted.append(ip)
+                return
+            if ip in self._active:
+                return
+            sock = self._require_sock()
+            self._check_on_link(sock, [ip])
+            mac = self._resolve([ip])[ip]
+            with self._lock:
+                self._wanted.append(ip)
+                self._restoring.pop(ip, None)
+                self._active[ip] = mac
+                self._write_state()
+            assert self._router_mac is not None
+            sock.send_all(poison_frames(sock.mac, self.router_ip, self._router_mac, ip, mac))
+
+    def remove(self, target_ip: str) -> None:
+        """Stop intercepting ``target_ip`` and restore its entries at once (corrections go out
+        over the next 2 s). Unknown addresses are ignored."""
+        ip = _ipv4(target_ip, "device address")
+        with self._life:
+            if ip in self._wanted:
+                self._wanted.remove(ip)
+            with self._lock:
+                mac = self._active.pop(ip, None)
+                if mac is None or not self._running:
+                    return
+                self._restoring[ip] = mac
+                now = time.monotonic()
+                for i in range(RESTORE_ROUNDS):
+                    kind = "restore-last" if i == RESTORE_ROUNDS - 1 else "restore"
+                    self._at(now + i * RESTORE_SPACING_S, kind, ip)
+                self._write_state()
+
+    def start(self) -> None:
+        """Learn the true MACs, refuse on conflict, start the watchdog, turn forwarding on and
+        start poisoning. Undoes everything it did when it fails."""
+        with self._life:
+            if self._running:
+                return
+            if not self._wanted:
+                raise InterceptError("no devices chosen: add() at least one before start()")
+            try:
+                self._start()
+            except BaseException:
+                self._undo_start()
+                raise
+
+    def stop(self) -> None:
+        """Restore every entry we touched (several corrections to both sides over 2 s) and the
+        sysctls, stop the watchdog. Safe to call again, and from a signal handler."""
+        with self._life:
+            if not self._running:
+                return
+            self._running = False
+            self._halt.set()
+            worker = self._worker
+            if worker is not None and worker is not threading.current_thread():
+                worker.join(timeout=5)
+            self._worker = None
+            sock = self._sock
+            problems: list[str] = []
+            try:
+                with self._lock:
+                    pairs = {**self._restoring, **self._active}
+                    self._schedule.clear()
+                frames = self._corrections(pairs)
+                if sock is not None and frames:
+                    try:
+                        send_rounds(sock, frames, RESTORE_ROUNDS, RESTORE_SPACING_S)
+                    except OSError as exc:
+                        problems.append(f"corrective ARP on {self.ifname}: {exc}")
+            finally:
+                problems += in_netns(self._netns_fd, lambda: restore_sysctls(self._sysctls))
+            with self._lock:
+                self._active.clear()
+                self._restoring.clear()
+                # The watchdog retries what failed here once this process is gone.
+                self._write_state(clean=not problems, targets=pairs)
+            for problem in problems:
+                log.error("intercept: could not restore %s", problem)
+            if not problems:
+                self._sysctls = {}
+                self._stop_watchdog()
+                self._close_sock()
+
+    def close(self) -> None:
+        """stop(), then release the namespace handle."""
+        self.stop()
+        if self._netns_fd >= 0:
+            os.close(self._netns_fd)
+            self._netns_fd = -1
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- starting ------------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        self._halt.clear()
+        self.error = None
+        self._sock = sock = ArpSocket(self.ifname, netns_fd=self._netns_fd)
+        our_ip = sock.require_ip()
+        if our_ip == self.router_ip or our_ip in self._wanted:
+            raise ValueError(f"{our_ip} is this host's own address on {self.ifname}")
+        self._check_on_link(sock, [self.router_ip, *self._wanted])
+        macs = self._resolve([self.router_ip, *self._wanted])
+        self._router_mac = macs[self.router_ip]
+        with self._lock:
+            self._active = {ip: macs[ip] for ip in self._wanted}
+        self._sysctls = in_netns(self._netns_fd, self._planned_sysctls)
+        if self._state_path is None:
+            self._own_state_dir = Path(tempfile.mkdtemp(prefix="spyglass-intercept-"))
+            self._state_path = self._own_state_dir / "state.json"
+        # The state (with the sysctls' old values) exists before anything is changed, and the
+        # watchdog watches before the first poisoned frame leaves.
+        self._write_state()
+        if self.use_watchdog:
+            self._watchdog = start_watchdog(
+                self._state_path,
+                os.getpid(),
+                netns_fd=self._netns_fd,
+                cleanup=self._own_state_dir is not None,
+            )
+        in_netns(self._netns_fd, self._apply_sysctls)
+        self._running = True
+        self._worker = threading.Thread(target=self._run, name="spyglass-intercept", daemon=True)
+        self._worker.start()
+        log.info("intercept: %s via %s on %s", ", ".join(self._active), self.router_ip, self.ifname)
+
+    def _undo_start(self) -> None:
+        self._running = False
+        self._halt.set()
+        with contextlib.suppress(OSError):
+            in_netns(self._netns_fd, lambda: restore_sysctls(self._sysctls))
+        self._sysctls = {}
+        with self._lock:
+            self._active.clear()
+        if self._state_path is not None:
+            with contextlib.suppress(OSError):
+                self._write_state(clean=True)
+        self._stop_watchdog()
+        self._close_sock()
+
+    def _planned_sysctls(self) -> dict[str, str]:
+        """Old values of the knobs we change (those already right are left alone)."""
+        want = self._wanted_sysctls()
+        old = {}
+        for path, value in want.items():
+            try:
+                current = read_sysctl(path)
+            except OSError as exc:
+                raise InterceptError(f"cannot read sysctl {path}: {exc}") from None
+            if current != value:
+                old[path] = current
+        if _IP_FORWARD in old:
+            # Writing ip_forward resets accept_redirects (kernel behaviour): put it back after.
+            path = "net/ipv4/conf/all/accept_redirects"
+            with contextlib.suppress(OSError):
+                old[path] = read_sysctl(path)
+        return old
+
+    def _wanted_sysctls(self) -> dict[str, str]:
+        return {
+            _IP_FORWARD: "1",
+            # Forwarding out of the interface a packet came in on would tell the device
+            # "use the router directly" and end the interception.
+            "net/ipv4/conf/all/send_redirects": "0",
+            f"net/ipv4/conf/{self.ifname}/send_redirects": "0",
+        }
+
+    def _apply_sysctls(self) -> None:
+        for path, value in self._wanted_sysctls().items():
+            if path in self._sysctls:
+                try:
+                    write_sysctl(path, value)
+                except OSError as exc:
+                    raise InterceptError(f"cannot set sysctl {path}={value}: {exc}") from None
+
+    def _check_on_link(self, sock: ArpSocket, ips: Iterable[str]) -> None:
+        net = sock.network()
+        for ip in ips:
+            if ipaddress.IPv4Address(ip) not in net:
+                raise ValueError(f"{ip} is not on {self.ifname}'s network {net}")
+            if ip == sock.ip:
+                raise ValueError(f"{ip} is this host's own address on {self.ifname}")
+
+    def _resolve(self, ips: list[str]) -> dict[str, str]:
+        """The true MAC of each address, by ARP request; InterceptConflict when an address
+        answers from more than one MAC, or another Spyglass claims it."""
+        seen: dict[str, set[str]] = {ip: set() for ip in ips}
+        claims: dict[str, set[str]] = {ip: set() for ip in ips}
+        forged: list[str] = []
+        with ArpSocket(self.ifname, netns_fd=self._netns_fd) as sock:
+            our_ip = sock.require_ip()
+            start = time.monotonic()
+            deadline = start + self.resolve_window_s
+            sends = [start + i * self.resolve_window_s / 3 for i in range(3)]
+            while True:
+                now = time.monotonic()
+                while sends and sends[0] <= now:
+                    sends.pop(0)
+                    sock.send_all(who_has(sock.mac, our_ip, ip) for ip in ips)
+                if now >= deadline:
+                    break
+                frame = sock.recv(min(deadline, sends[0] if sends else deadline) - now)
+                if frame is None or frame.arp.sender_ip not in seen:
+                    continue
+                a = frame.arp
+                if a.op == OP_CLAIM:
+                    claims[a.sender_ip].add(a.sender_mac)
+                elif a.op in (OP_REQUEST, OP_REPLY):
+                    seen[a.sender_ip].add(a.sender_mac)
+                    if a.op == OP_REPLY and frame.eth_src != a.sender_mac:
+                        forged.append(
+                            f"the ARP answer for {a.sender_ip} says {a.sender_mac} but was "
+                            f"sent by {frame.eth_src}"
+                        )
+        problems = []
+        for ip in ips:
+            if claims[ip]:
+                true = ", ".join(sorted(seen[ip])) or "unknown"
+                problems.append(
+                    f"{ip} is already being intercepted by another Spyglass at "
+                    f"{', '.join(sorted(claims[ip]))} (its own MAC: {true})"
+                )
+            elif len(seen[ip]) > 1:
+                problems.append(
+                    f"{ip} answers ARP from {len(seen[ip])} MACs ({', '.join(sorted(seen[ip]))}):"
+                    " another host is already intercepting it (or the address is in use twice)"
+                )
+        problems += forged
+        if problems:
+            raise InterceptConflict("refusing to intercept: " + "; ".join(problems))
+        missing = [ip for ip in ips if not seen[ip]]
+        if missing:
+            raise InterceptError(
+                f"no ARP answer from {', '.join(missing)} on {self.ifname} (is it online?)"
+            )
+        macs = {ip: next(iter(seen[ip])) for ip in ips}
+        for ip, mac in macs.items():
+            old = self._macs.get(ip)
+            if old is not None and old != mac:
+                log.warning("intercept: %s moved from %s to %s", ip, old, mac)
+            self._macs[ip] = mac
+        return macs
+
+    # -- the poisoning thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        sock = self._require_sock()
+        next_poison = time.monotonic()
+        try:
+            while not self._halt.is_set():
+                now = time.monotonic()
+                if now >= next_poison:
+                    self._poison_all(sock)
+                    next_poison = now + self.period_s
+                self._run_due(sock, now)
+                with self._lock:
+                    wake = min(next_poison, self._schedule[0][0] if self._schedule else next_poison)
+                frame = sock.recv(min(0.2, max(0.0, wake - time.monotonic())))
+                if frame is not None:
+                    self._react(sock, frame.arp, frame.eth_src)
+        except OSError as exc:
+            # The interface went away: nothing more can be sent; stop() still tries.
+            self.error = exc
+            log.error("intercept: poisoning stopped on %s: %s", self.ifname, exc)
+
+    def _poison_all(self, sock: ArpSocket) -> None:
+        with self._lock:
+            active = dict(self._active)
+        assert self._router_mac is not None
+        for ip, mac in active.items():
+            sock.send_all(poison_frames(sock.mac, self.router_ip, self._router_mac, ip, mac))
+
+    def _at(self, due: float, kind: str, ip: str) -> None:
+        heapq.heappush(self._schedule, (due, next(self._seq), kind, ip))
+
+    def _run_due(self, sock: ArpSocket, now: float) -> None:
+        assert self._router_mac is not None
+        while True:
+            with self._lock:
+                if not self._schedule or self._schedule[0][0] > now:
+                    return
+                _due, _seq, kind, ip = heapq.heappop(self._schedule)
+                frames: list[bytes] = []
+                if kind == "poison" and ip in self._active:
+                    frames = poison_frames(
+                        sock.mac, self.router_ip, self._router_mac, ip, self._active[ip]
+                    )
+                elif kind.startswith("restore") and ip in self._restoring:
+                    frames = self._corrections({ip: self._restoring[ip]})
+                    if kind == "restore-last":
+                        del self._restoring[ip]
+                        self._write_state()
+            sock.send_all(frames)
+
+    def _react(self, sock: ArpSocket, a: ArpInfo, eth_src: str) -> None:
+        assert self._router_mac is not None
+        if a.op != OP_REQUEST:
+            return
+        with self._lock:
+            active = dict(self._active)
+        if a.target_ip == self.router_ip and active.get(a.sender_ip) == a.sender_mac:
+            victim = a.sender_ip  # a target looks for the router
+        elif (
+            a.sender_ip == self.router_ip
+            and a.sender_mac == self._router_mac
+            and a.target_ip in active
+        ):
+            victim = a.target_ip  # the router looks for a target
+        else:
+            asked = a.target_ip == self.router_ip or a.target_ip in active
+            owners = {self._router_mac, *active.values()}
+            if asked and a.sender_mac not in owners and eth_src not in owners:
+                # A third party (perhaps another Spyglass checking before it starts): tell it
+                # with an opcode no kernel acts on, so nobody's cache changes.
+                sock.send(claim(sock.mac, a.target_ip, a.sender_mac, a.sender_ip))
+            return
+        sock.send_all(
+            poison_frames(sock.mac, self.router_ip, self._router_mac, victim, active[victim])
+        )
+        with self._lock:
+            self._at(time.monotonic() + REPOISON_AFTER_S, "poison", victim)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _corrections(self, pairs: dict[str, str]) -> list[bytes]:
+        if self._sock is None or self._router_mac is None:
+            return []
+        frames: list[bytes] = []
+        for ip, mac in pairs.items():
+            frames += correction_frames(self._sock.mac, self.router_ip, self._router_mac, ip, mac)
+        return frames
+
+    def _require_sock(self) -> ArpSocket:
+        if self._sock is None:
+            raise InterceptError("the interceptor is not running")
+        return self._sock
+
+    def _write_state(self, clean: bool = False, targets: dict[str, str] | None = None) -> None:
+        if self._state_path is None or self._sock is None or self._router_mac is None:
+            return
+        state = InterceptState(
+            agent_pid=os.getpid(),
+            ifname=self.ifname,
+            our_mac=self._sock.mac,
+            router_ip=self.router_ip,
+            router_mac=self._router_mac,
+            targets={**self._restoring, **self._active} if targets is None else targets,
+            sysctls=dict(self._sysctls),
+            clean=clean,
+        )
+        write_state(self._state_path, state)
+
+    def _stop_watchdog(self) -> None:
+        proc, self._watchdog = self._watchdog, None
+        if proc is not None:
+            # It sees the clean state within its 0.2-s poll and exits.
+            try:
+                proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._own_state_dir is not None:
+            shutil.rmtree(self._own_state_dir, ignore_errors=True)
+            self._own_state_dir = None
+            self._state_path = None
+
+    def _close_sock(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def install_exit_handlers(interceptor: Interceptor) -> Callable[[], None]:
+    """Restore on SIGTERM, SIGINT and SIGHUP (then exit with 128 + the signal) and at
+    interpreter exit. Call from the main thread; returns a function that uninstalls them."""
+    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        # A second Ctrl-C must not cut the restore short.
+        for sig in signals:
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            interceptor.stop()
+        finally:
+            sys.exit(128 + signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in signals}
+    atexit.register(interceptor.stop)
+
+    def uninstall() -> None:
+        atexit.unregister(interceptor.stop)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return uninstall
