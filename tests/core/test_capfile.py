@@ -486,3 +486,12 @@ def test_frames_that_look_like_headers(tmp_path: Path) -> None:
     parts += [ng_epb(0, 10**6 * i, ng_fake[: 36 * (i % 4)] + frame_of(30, i)) for i in range(40)]
     frames, _, report = read_all(write(tmp_path, b"".join(parts), "f.pcapng"))
     assert len(frames) == 40 and report.problems == []
+
+
+def test_memory_is_bounded_by_the_chunk(tmp_path: Path) -> None:
+    # Every batch holds one chunk, however long the file: memory does not grow with it.
+    path = write(tmp_path, pcap_bytes(PACKETS * 20))
+    reader = open_capture(path, chunk_bytes=4096)
+    sizes = [len(batch.buf) for batch in reader]
+    assert sum(1 for _ in sizes) > 10 and max(sizes) <= 4096
+    assert reader.report.packets == len(PACKETS) * 20
