@@ -71,6 +71,10 @@ def frames_of(batches: list[FrameBatch]) -> list[tuple[bytes, int, int]]:
     ]
 
 
+def stamps(batches: list[FrameBatch]) -> list[float]:
+    return [t for b in batches for t in b.ts.tolist()]
+
+
 def test_udp_exact_counts_sizes_order_and_stats(lan: HomeLan) -> None:
     port = 4440
     sink = lan.start_udp_sink(host="0.0.0.0", port=port)
@@ -91,9 +95,9 @@ def test_udp_exact_counts_sizes_order_and_stats(lan: HomeLan) -> None:
         for b in batches:
             assert (b.caplen == b.wirelen).all() and (b.linktype == 1).all()
             assert b.offset.dtype == np.int64 and b.ts.dtype == np.float64
-        stamps = [t for b in batches for t in b.ts.tolist()]
-        assert stamps == sorted(stamps)
-        assert before - 1 <= stamps[0] and stamps[-1] <= after + 1
+        when = stamps(batches)
+        assert when == sorted(when)
+        assert before - 1 <= when[0] and when[-1] <= after + 1
         assert cap.stats() == CaptureStats(packets=len(sizes), drops=0)
         assert cap.stats() == CaptureStats(packets=len(sizes), drops=0)  # accumulates
 
@@ -204,13 +208,17 @@ def test_same_frames_as_livecapture(lan: HomeLan) -> None:
             got_live = read_until(live, None, seconds=0.5)
             got_ring = read_until(ring, None, seconds=0.5)
             a, b = frames_of(got_live), frames_of(got_ring)
-            assert a == b
+            assert sorted(a) == sorted(b)
+            # Each direction in the same order; the two directions are delivered from
+            # different CPUs, so how they interleave may differ between two sockets.
+            for mac in {f[0][6:12] for f in a}:
+                assert [f for f in a if f[0][6:12] == mac] == [f for f in b if f[0][6:12] == mac]
             protos = [f[2] for x in got_ring for f in ipv4_frames(x)]
             assert protos.count(17) == 800 and protos.count(1) >= 3 and protos.count(6) > 10
-            ts_live = np.concatenate([x.ts for x in got_live])
-            ts_ring = np.concatenate([x.ts for x in got_ring])
             # Usually bit-identical (one kernel stamp per skb); at worst stamped a moment apart.
-            assert np.abs(ts_live - ts_ring).max() < 1.0
+            when_live = dict(zip(a, stamps(got_live), strict=True))
+            when_ring = dict(zip(b, stamps(got_ring), strict=True))
+            assert max(abs(when_live[f] - when_ring[f]) for f in when_live) < 1.0
             assert live.stats() == ring.stats() == CaptureStats(len(a), 0)
 
 
