@@ -125,6 +125,9 @@ class FlatLan:
             if proc.poll() is None:
                 proc.kill()
             proc.wait(timeout=5)
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
         self._procs.clear()
         present = set(list_namespaces())
         for ns in self.namespaces:
