@@ -102,6 +102,31 @@ def test_udp_exact_counts_sizes_order_and_stats(lan: HomeLan) -> None:
         assert cap.stats() == CaptureStats(packets=len(sizes), drops=0)  # accumulates
 
 
+@pytest.mark.parametrize("spoof", [False, True], ids=["plain", "spoofed-headers"])
+def test_small_frames_exact_with_payloads_that_look_like_ring_headers(
+    lan: HomeLan, spoof: bool
+) -> None:
+    """Dense blocks are indexed by scanning for the sockaddr_ll of each ring header; payloads
+    full of our ifindex (where a header's would sit) must not change what comes out."""
+    port = 4447 + spoof
+    sink = lan.start_udp_sink(host="0.0.0.0", port=port)
+    ifindex = lan.call(lan.gateway, socket.if_nametoindex, GATEWAY_LAN_IF)
+    fake = struct.pack("<II", ifindex, ifindex) * 40
+    payloads = [
+        (fake[: 8 * (i % 40)] if spoof and i % 2 else bytes([i % 256]) * (i % 97))
+        for i in range(2000)
+    ]
+    with ring_on_gateway(lan, f"udp and dst port {port}") as cap:
+        with lan.socket(lan.speaker, socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for data in payloads:
+                sender.sendto(data, (CLOUD_IP, port))
+        assert sink.wait_bytes(sum(map(len, payloads)))
+        batches = read_until(cap, lambda bs: count(bs) >= len(payloads))
+        got = [frame[42:] for frame, _c, _w in frames_of(batches)]
+        assert got == payloads
+        assert cap.stats() == CaptureStats(packets=len(payloads), drops=0)
+
+
 def test_tcp_bytes_seen_match_bytes_sent(lan: HomeLan) -> None:
     sink = lan.start_tcp_sink(port=9011)
     payload = bytes(range(256)) * 1000
