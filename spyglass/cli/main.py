@@ -25,6 +25,8 @@ COMMANDS: list[tuple[str, str]] = [
     ("simulate", "spyglass.cli.analyze:SIMULATE"),
     ("demo", "spyglass.cli.analyze:DEMO"),
     ("eval", "spyglass.cli.evaluate"),
+    ("agent", "spyglass.cli.agent:AGENT"),
+    ("status", "spyglass.cli.agent:STATUS"),
 ]
 
 EXIT_USAGE = 2

@@ -11,9 +11,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from spyglass.api.client import AgentClient, AgentError, AgentUnavailable
+from spyglass.api.protocol import default_socket_path
 from spyglass.cli import render
 from spyglass.cli.main import Command
-from spyglass.core.models import Device
+from spyglass.core.models import Device, Upload
 from spyglass.store import paths
 from spyglass.store.db import Store
 
@@ -49,7 +51,57 @@ def parse_when(text: str, now: float | None = None) -> float:
     return (dt if dt.tzinfo else dt.astimezone()).timestamp()
 
 
-def _open_existing(db: Path | None) -> Store | None:
+class _AgentSource:
+    """A running agent, read through its API (same calls as the Store's reads)."""
+
+    def __init__(self, client: AgentClient) -> None:
+        self.client = client
+
+    def devices(self) -> list[Device]:
+        return self.client.devices()
+
+    def uploads(
+        self, device: str | None = None, since: float | None = None, until: float | None = None
+    ) -> list[Upload]:
+        return list(self.client.uploads(device=device, since=since, until=until))
+
+    def __enter__(self) -> _AgentSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.close()
+
+
+def _agent_at(args: argparse.Namespace) -> _AgentSource | None:
+    """The agent the user named with --socket (an error if absent), or the default one if it
+    answers and no --db was given; None means read the store."""
+    socket_path = getattr(args, "socket", None)
+    if socket_path is None and args.db is None:
+        default = Path(default_socket_path())
+        if default.exists():
+            socket_path = default
+    if socket_path is None:
+        return None
+    client = AgentClient(str(socket_path), timeout=10.0)
+    try:
+        client.hello()
+    except AgentError as e:
+        client.close()
+        if getattr(args, "socket", None) is not None:
+            print(f"spyglass: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+        if not isinstance(e, AgentUnavailable):
+            print(f"spyglass: the agent at {socket_path} did not answer ({e}); reading the "
+                  "store instead", file=sys.stderr)
+        return None
+    return _AgentSource(client)
+
+
+def _open_existing(args: argparse.Namespace) -> Store | _AgentSource | None:
+    agent = _agent_at(args)
+    if agent is not None:
+        return agent
+    db: Path | None = args.db
     path = db if db is not None else paths.default_db_path()
     if not path.exists():
         return None
@@ -67,6 +119,8 @@ def _no_data(db: Path | None) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", type=Path, metavar="PATH", help="database file (default: user data dir)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("--socket", type=Path, metavar="PATH",
+                   help="ask the agent listening here (default: the system agent when it runs)")
 
 
 # -- devices -------------------------------------------------------------------------------------
@@ -80,7 +134,7 @@ def _add_devices(subparsers: Any) -> None:
 
 
 def _run_devices(args: argparse.Namespace) -> int:
-    store = _open_existing(args.db)
+    store = _open_existing(args)
     if store is None:
         if args.json:
             print(json.dumps({"devices": []}))
@@ -141,7 +195,7 @@ def resolve_device(devices: list[Device], text: str) -> str | None:
 
 
 def _run_uploads(args: argparse.Namespace) -> int:
-    store = _open_existing(args.db)
+    store = _open_existing(args)
     if store is None:
         if args.json:
             print(json.dumps({"uploads": []}))

@@ -31,6 +31,12 @@ class Inventory:
     def __init__(self, vendor_lookup: VendorLookup | None = None) -> None:
         self._vendor_lookup = vendor_lookup
         self._devices: dict[str, _DeviceState] = {}
+        self._new: list[str] = []
+
+    def pop_new(self) -> list[str]:
+        """MACs first seen since the last call (the live "device seen" event)."""
+        new, self._new = self._new, []
+        return new
 
     def __contains__(self, mac: str) -> bool:
         return mac in self._devices
@@ -46,6 +52,7 @@ class Inventory:
             ident.add_vendor(vendor)
             st = _DeviceState(mac, vendor, ident, first, last)
             self._devices[mac] = st
+            self._new.append(mac)
         else:
             st.first_seen = min(st.first_seen, first)
             st.last_seen = max(st.last_seen, last)
@@ -117,10 +124,18 @@ class NameBook:
     def __init__(self) -> None:
         self._entries: dict[tuple[str, str, str, str], EndpointName] = {}
         self._best: dict[tuple[str, str], tuple[str, str]] = {}  # (mac, ip) -> (name, source)
+        self._changed: set[tuple[str, str, str, str]] = set()
+
+    def pop_changed(self) -> list[EndpointName]:
+        """Entries learned or seen again since the last call, for incremental writes."""
+        out = [self._entries[k] for k in self._changed]
+        self._changed.clear()
+        return out
 
     def learn(self, mac: str, ip: str, name: str, source: str, ts: float) -> None:
         name = name.lower().rstrip(".")
         key = (mac, ip, name, source)
+        self._changed.add(key)
         e = self._entries.get(key)
         if e is None:
             self._entries[key] = EndpointName(mac, ip, name, source, ts, ts)

@@ -64,6 +64,7 @@ class Pipeline:
         self._flows: dict[int, Flow] = {}
         self._flow_keys: dict[int, FlowKey] = {}
         self._conn_keys: dict[int, ConnKey] = {}
+        self._dirty_flows: set[int] = set()
         self._series: dict[tuple[str, str, int], list[int]] = {}
         self._uploads: list[Upload] = []
 
@@ -90,7 +91,7 @@ class Pipeline:
         st.local_only += int((ip & src_local & dst_local).sum())
 
         arr = np.frombuffer(batch.buf, dtype=np.uint8)
-        self.slow.handle(d, batch.buf, self.slow.select(d, arr, up))
+        self.slow.handle(d, batch, self.slow.select(d, arr, up))
         self._learn_devices(d, ip & src_local)
 
         # A multicast/broadcast MAC is never a device (remote senders to 224.0.0.0/4 etc.).
@@ -128,6 +129,23 @@ class Pipeline:
         for f in self._flows.values():
             f.remote_name = self.names.name_for(f.device_mac, f.remote_ip)
         return sorted(self._flows.values(), key=lambda f: (f.device_mac, -f.bytes_up))
+
+    def changed_flows(self) -> list[Flow]:
+        """Flows with traffic since the last call (running totals), for incremental writes."""
+        out = []
+        for h in self._dirty_flows:
+            f = self._flows[h]
+            f.remote_name = self.names.name_for(f.device_mac, f.remote_ip)
+            out.append(f)
+        self._dirty_flows.clear()
+        return out
+
+    def compact(self, max_cached: int = 20_000) -> None:
+        """Bound the connection-key cache of a long live run (each TCP connection has a port)."""
+        if len(self._conn_keys) > max_cached:
+            self._conn_keys = {
+                h: k for h, k in self._conn_keys.items() if self.detector.is_watching(k)
+            }
 
     def drain_series(self, final: bool = False) -> list[SeriesPoint]:
         """Seconds that can no longer change (all of them when ``final``), oldest first."""
@@ -211,6 +229,7 @@ class Pipeline:
             if f is None:
                 f = Flow(key[0], key[1], key[2], key[3], first_seen=float(first[j]))
                 self._flows[h] = f
+            self._dirty_flows.add(h)
             f.packets_up += int(pu[j])
             f.packets_down += int(pd[j])
             f.bytes_up += int(bu[j])

@@ -11,7 +11,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from spyglass.core.decode import ip_str, mac_str
-from spyglass.core.frames import I64, Decoded
+from spyglass.core.frames import (
+    I64,
+    LINKTYPE_ETHERNET,
+    LINKTYPE_LINUX_SLL,
+    LINKTYPE_LINUX_SLL2,
+    Decoded,
+    FrameBatch,
+)
 from spyglass.core.inventory import Inventory, NameBook
 from spyglass.core.proto import MalformedPayload
 from spyglass.core.proto.arp import parse_arp
@@ -22,6 +29,8 @@ from spyglass.core.proto.ssdp import parse_ssdp
 from spyglass.core.proto.tls import client_hello_sni
 
 ETH_ARP = 0x0806
+# Link header length before an ARP packet, per link type (Ethernet, Linux SLL, SLL2).
+_ARP_AT = {LINKTYPE_ETHERNET: 14, LINKTYPE_LINUX_SLL: 16, LINKTYPE_LINUX_SLL2: 20}
 UDP, TCP = 17, 6
 MAX_SAMPLES = 20  # malformed-payload messages kept verbatim; the rest are only counted
 
@@ -66,7 +75,7 @@ class SlowPath:
             (sp == 53) | (sp == 5353) | (dp == 5353) | (sp == 67) | (sp == 68)
             | (sp == 1900) | (dp == 1900)
         )
-        mask |= (d.ethertype == ETH_ARP) & (d.payload_cap >= 28)
+        mask |= d.ethertype == ETH_ARP
         tcp = (d.proto == TCP) & up & (d.payload_cap >= 6) & ~d.malformed
         rows = np.flatnonzero(tcp)
         if rows.size:
@@ -75,14 +84,21 @@ class SlowPath:
             mask[rows[hello]] = True
         return np.flatnonzero(mask)
 
-    def handle(self, d: Decoded, buf: bytes, rows: I64) -> None:
+    def handle(self, d: Decoded, batch: FrameBatch, rows: I64) -> None:
+        buf = batch.buf
         for i in rows.tolist():
-            off = int(d.payload_off[i])
-            payload = buf[off : off + int(d.payload_cap[i])]
             ts = float(d.ts[i])
             if d.ethertype[i] == ETH_ARP:
-                self._arp(payload, ts)
-            elif d.proto[i] == TCP:
+                # The decoder stops at the link layer for ARP; find the ARP header ourselves.
+                link = _ARP_AT.get(int(batch.linktype[i]))
+                if link is not None:
+                    start = int(batch.offset[i]) + link + (4 if d.vlan[i] else 0)
+                    end = int(batch.offset[i]) + int(batch.caplen[i])
+                    self._arp(buf[start:end], ts)
+                continue
+            off = int(d.payload_off[i])
+            payload = buf[off : off + int(d.payload_cap[i])]
+            if d.proto[i] == TCP:
                 self._tls(d, i, payload, ts)
             else:
                 self._udp(d, i, payload, ts)

@@ -1,0 +1,246 @@
+"""The agent's main loop: live capture → pipeline → store, with the API serving what it finds.
+
+One thread captures and analyses (never waits for a client or the disk for long); the API
+server runs its own thread and reads the store through its own connections. Writes happen once
+a second in one transaction, so a killed agent loses at most the last second.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spyglass.adapters.oui import vendor_for_mac
+from spyglass.agent.server import AgentServer, StoreBackend
+from spyglass.agent.watch import WatchSet, attach_filter
+from spyglass.api.protocol import device_to_dict, upload_to_dict
+from spyglass.capture.live import InterfaceGone, interface_subnets, open_capture_source
+from spyglass.core.models import Device, EndpointName, Flow, SeriesPoint, Upload
+from spyglass.core.pipeline import Pipeline
+from spyglass.store.db import Store, StoreError
+
+log = logging.getLogger("spyglass.agent")
+
+MODES = ("passive", "gateway", "intercept")
+WRITE_EVERY_S = 1.0
+RETRY_STORE_S = 5.0
+REOPEN_EVERY_S = 2.0
+MAX_PENDING_SERIES = 600_000  # ~ 10 min of 1000 device/remote pairs; oldest dropped past that
+
+
+@dataclass(slots=True)
+class AgentConfig:
+    interface: str
+    mode: str = "passive"
+    lan: list[str] | None = None
+    socket_path: Path = Path("/run/spyglass/agent.sock")
+    db_path: Path | None = None
+    socket_group: str | None = None  # None: group "spyglass" when it exists
+    watch_all: bool = False
+    watch: list[str] = field(default_factory=list)  # MACs the user added
+    ring: bool = True
+
+
+@dataclass(slots=True)
+class _Pending:
+    """What the pipeline produced that the store has not taken yet (disk full, locked)."""
+
+    series: deque[SeriesPoint] = field(default_factory=deque)
+    uploads: list[Upload] = field(default_factory=list)
+    flows: dict[tuple[str, str, str, int], Flow] = field(default_factory=dict)  # running totals
+    names: list[EndpointName] = field(default_factory=list)
+    dropped_series: int = 0
+
+    def add_series(self, points: list[SeriesPoint]) -> None:
+        self.series.extend(points)
+        while len(self.series) > MAX_PENDING_SERIES:
+            self.series.popleft()
+            self.dropped_series += 1
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, *, publish_hook: Callable[[str, dict[str, Any]], None]
+                 | None = None) -> None:
+        if cfg.mode not in MODES:
+            raise ValueError(f"unknown mode {cfg.mode!r}: choose one of {', '.join(MODES)}")
+        self.cfg = cfg
+        self.stop_event = threading.Event()
+        self._publish_hook = publish_hook
+        self._lock = threading.Lock()
+        self._status: dict[str, Any] = {
+            "mode": cfg.mode, "interface": cfg.interface, "state": "starting",
+            "packets": 0, "bytes": 0, "kernel_drops": 0, "capture_rate_pps": 0.0,
+            "devices": 0, "uploads": 0, "watched": [], "problems": [],
+        }
+        self.server: AgentServer | None = None
+        self._announced_starts: set[tuple[str, str, str, int, int]] = set()
+
+    # -- status and events -------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._status)
+
+    def _set(self, **kv: Any) -> None:
+        with self._lock:
+            self._status.update(kv)
+
+    def _problem(self, kind: str, message: str) -> None:
+        log.warning("%s", message)
+        with self._lock:
+            probs = [p for p in self._status["problems"] if p["kind"] != kind]
+            probs.append({"kind": kind, "message": message, "t": time.time()})
+            self._status["problems"] = probs[-10:]
+        self._publish("capture_problem", {"kind": kind, "message": message})
+
+    def _clear_problem(self, kind: str) -> None:
+        with self._lock:
+            self._status["problems"] = [p for p in self._status["problems"] if p["kind"] != kind]
+
+    def _publish(self, event: str, data: dict[str, Any]) -> None:
+        if self.server is not None:
+            self.server.publish(event, data)
+        if self._publish_hook is not None:
+            self._publish_hook(event, data)
+
+    # -- main loop ---------------------------------------------------------------------
+    def run(self) -> int:
+        cfg = self.cfg
+        lan = cfg.lan or interface_subnets(cfg.interface)
+        store = Store.open(cfg.db_path)
+        capture_id = store.live_capture(cfg.interface)
+        pipe = Pipeline(lan=lan, vendor_lookup=vendor_for_mac)
+        watch = WatchSet(watch_all=cfg.watch_all)
+        for mac in cfg.watch:
+            watch.add(mac, by_user=True)
+        self._set(lan=lan, db=str(store.path), watched=sorted(watch.macs()))
+        backend = StoreBackend(store, self.status)
+        self.server = AgentServer(cfg.socket_path, backend, group=cfg.socket_group)
+        self.server.start()
+        cap = open_capture_source(cfg.interface, watch.filter_expression(), ring=cfg.ring)
+        log.info("capturing on %s (%s mode), LAN %s, API on %s", cfg.interface, cfg.mode,
+                 ", ".join(lan), cfg.socket_path)
+        self._set(state="capturing", started=time.time())
+        pending = _Pending()
+        next_write = time.monotonic() + WRITE_EVERY_S
+        store_ok = True
+        rate_window: deque[tuple[float, int]] = deque(maxlen=50)
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    batch = cap.read_batch(timeout_s=0.2)
+                except InterfaceGone as gone:
+                    self._problem("interface", f"capture: {gone}; retrying every "
+                                  f"{REOPEN_EVERY_S:.0f} s")
+                    cap = self._reopen(cap)
+                    if cap is None:
+                        break
+                    self._clear_problem("interface")
+                    continue
+                done = pipe.feed(batch) if len(batch) else pipe.advance(time.time())
+                pending.uploads.extend(done)
+                self._events(pipe, watch, cap)
+                now = time.monotonic()
+                if now >= next_write:
+                    next_write = now + (WRITE_EVERY_S if store_ok else RETRY_STORE_S)
+                    pending.add_series(pipe.drain_series())
+                    store_ok = self._write(store, capture_id, pipe, pending)
+                    pipe.compact()
+                    st = cap.stats()
+                    rate_window.append((now, pipe.stats.packets))
+                    t0, n0 = rate_window[0]
+                    rate = (pipe.stats.packets - n0) / (now - t0) if now > t0 else 0.0
+                    self._set(packets=pipe.stats.packets, bytes=pipe.stats.bytes,
+                              kernel_drops=st.drops, capture_rate_pps=round(rate, 1),
+                              devices=len(pipe.inventory), store_ok=store_ok)
+        finally:
+            self._set(state="stopping")
+            pending.uploads.extend(pipe.flush())
+            pending.add_series(pipe.drain_series(final=True))
+            self._write(store, capture_id, pipe, pending)
+            cap.close()
+            self.server.stop()
+            backend.close()
+            store.close()
+            log.info("stopped: %d packets, %d uploads", pipe.stats.packets, len(pipe.uploads()))
+        return 0
+
+    def _reopen(self, cap: Any) -> Any:
+        while not self.stop_event.wait(REOPEN_EVERY_S):
+            try:
+                cap.reopen(attempts=1, delay_s=0.0)
+                return cap
+            except InterfaceGone:
+                continue
+            except OSError as e:
+                log.debug("reopen failed: %s", e)
+        return None
+
+    def _events(self, pipe: Pipeline, watch: WatchSet, cap: Any) -> None:
+        """Device and upload-started events, and the watch list following identification."""
+        new = pipe.inventory.pop_new()
+        changed = False
+        for mac in new:
+            if pipe.inventory.is_speaker(mac):
+                changed |= watch.add(mac)
+        if new:
+            devices = {d.mac: d for d in pipe.devices()}
+            for mac in new:
+                if mac in devices:
+                    self._publish("device_seen", device_to_dict(devices[mac]))
+        if changed:
+            try:
+                attach_filter(cap.fileno(), watch.filter_expression())
+            except (OSError, ValueError) as e:
+                self._problem("filter", f"capture filter not updated: {e}")
+            self._set(watched=sorted(watch.macs()))
+        for key, start in pipe.detector.in_progress():
+            if key not in self._announced_starts:
+                self._announced_starts.add(key)
+                name = pipe.names.name_for(key[0], key[1])
+                self._publish("upload_started", {
+                    "device": key[0], "start": start, "destination": name or key[1],
+                    "remote_ip": key[1], "proto": key[2], "port": key[3],
+                })
+        if len(self._announced_starts) > 1000:
+            live = {k for k, _ in pipe.detector.in_progress()}
+            self._announced_starts &= live
+
+    def _write(self, store: Store, capture_id: int, pipe: Pipeline, pending: _Pending) -> bool:
+        devices: list[Device] = pipe.devices()
+        pending.flows.update(
+            {(f.device_mac, f.remote_ip, f.proto, f.remote_port): f for f in pipe.changed_flows()}
+        )
+        pending.names.extend(pipe.names.pop_changed())
+        try:
+            ids = store.write_live(
+                capture_id, devices=devices, names=pending.names,
+                flows=list(pending.flows.values()), series=list(pending.series),
+                uploads=pending.uploads,
+            )
+        except StoreError as e:
+            self._problem("store", f"{e}; capture goes on, data is kept in memory and written "
+                          "when the store accepts it")
+            return False
+        for uid, up in zip(ids, pending.uploads, strict=True):
+            data = upload_to_dict(up)
+            data["id"] = uid
+            self._publish("upload_ended", data)
+        if pending.dropped_series:
+            self._problem("store", f"{pending.dropped_series} per-second points were dropped "
+                          "while the store was unavailable")
+        else:
+            self._clear_problem("store")
+        with self._lock:
+            self._status["uploads"] += len(pending.uploads)
+        pending.series.clear()
+        pending.uploads = []
+        pending.flows.clear()
+        pending.names = []
+        pending.dropped_series = 0
+        return True

@@ -1,0 +1,163 @@
+"""The agent end to end in the namespace home LAN: live capture → detection → store → API."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from spyglass.api.client import AgentClient, AgentUnavailable
+from tests.netlab.lan import DNS_IP, VENDOR_HOSTS, HomeLan, build_query, lan_or_skip
+
+pytestmark = pytest.mark.root
+
+SPEAKER_MAC = "68:db:f5:12:34:56"  # an Amazon OUI: the agent treats it as a speaker
+
+
+@pytest.fixture
+def lab() -> Iterator[HomeLan]:
+    with lan_or_skip() as lan:
+        lan.run(lan.speaker, "ip", "link", "set", "dev", "eth0", "address", SPEAKER_MAC)
+        yield lan
+
+
+def start_agent(lab: HomeLan, tmp: Path, *extra: str) -> tuple[subprocess.Popen[bytes], Path]:
+    sock = tmp / "agent.sock"
+    proc = lab.popen(
+        lab.gateway, sys.executable, "-m", "spyglass", "agent", "-i", "lan0", "--mode", "gateway",
+        "--socket", str(sock), "--db", str(tmp / "agent.db"), *extra,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise AssertionError(f"agent exited: {err}")
+        try:
+            with AgentClient(str(sock), timeout=2) as c:
+                c.hello()
+            return proc, sock
+        except AgentUnavailable:
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("agent did not come up within 30 s")
+
+
+def speak(lab: HomeLan, seconds: float = 3.0, record: int = 118, every: float = 0.02) -> None:
+    """From the speaker: resolve the voice endpoint, open TLS to it and stream paced records."""
+    import ssl
+
+    host = "bob-dispatch-prod-na.amazon.com"
+    cert, _ = lab.tls_files()
+    ctx = ssl.create_default_context(cafile=str(cert))
+
+    def run() -> None:
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.sendto(build_query(host), (DNS_IP, 53))
+        udp.settimeout(2)
+        udp.recv(512)
+        udp.close()
+        raw = socket.create_connection((VENDOR_HOSTS[host], 443), timeout=5)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with ctx.wrap_socket(raw, server_hostname=host) as tls:
+            end = time.monotonic() + seconds
+            payload = os.urandom(record)
+            while time.monotonic() < end:
+                tls.sendall(payload)
+                time.sleep(every)
+            time.sleep(0.3)
+
+    lab.call(lab.speaker, run)
+
+
+def test_live_upload_reaches_api_and_store(lab: HomeLan, tmp_path: Path) -> None:
+    lab.start_dns()
+    lab.start_tls_server()
+    proc, sock = start_agent(lab, tmp_path)
+    events: list[dict] = []
+    client = AgentClient(str(sock), timeout=10)
+    sub = client.subscribe()
+
+    def collect() -> None:
+        for ev in sub:
+            events.append(ev)
+
+    t = threading.Thread(target=collect, daemon=True)
+    t.start()
+    speak(lab, seconds=3.0)
+    deadline = time.monotonic() + 10
+    uploads = []
+    while time.monotonic() < deadline and not uploads:
+        uploads = client.uploads()
+        time.sleep(0.3)
+    assert len(uploads) == 1, (uploads, proc)
+    up = uploads[0]
+    assert up.device_mac == SPEAKER_MAC
+    assert up.destination == "bob-dispatch-prod-na.amazon.com"
+    assert up.assistant == "alexa"
+    assert 2.0 < up.end - up.start < 4.5
+    names = {e.get("event") for e in events}
+    assert {"device_seen", "upload_started", "upload_ended"} <= names
+    st = client.status()
+    assert st["mode"] == "gateway" and st["interface"] == "lan0"
+    assert st["packets"] > 100 and st["kernel_drops"] == 0
+    assert SPEAKER_MAC in st["watched"]
+    assert SPEAKER_MAC in {d.mac for d in client.devices()}
+    sub.close()
+    client.close()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+    assert not sock.exists()
+    rows = sqlite3.connect(tmp_path / "agent.db").execute("SELECT COUNT(*) FROM uploads").fetchone()
+    assert rows[0] == 1
+
+
+def test_kill_9_leaves_a_clean_store(lab: HomeLan, tmp_path: Path) -> None:
+    lab.start_dns()
+    lab.start_tls_server()
+    proc, sock = start_agent(lab, tmp_path)
+    speak(lab, seconds=2.0)
+    time.sleep(3.0)  # the upload is written within a second of being judged
+    proc.kill()
+    proc.wait(timeout=10)
+    db = sqlite3.connect(tmp_path / "agent.db")
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert db.execute("SELECT COUNT(*) FROM uploads").fetchone()[0] == 1
+    assert db.execute("SELECT COUNT(*) FROM series").fetchone()[0] > 0
+    # The next agent replaces the dead one's socket and carries on.
+    proc2, _ = start_agent(lab, tmp_path)
+    proc2.send_signal(signal.SIGINT)
+    assert proc2.wait(timeout=15) == 0
+
+
+def test_vanished_interface_is_reported_not_fatal(lab: HomeLan, tmp_path: Path) -> None:
+    proc, sock = start_agent(lab, tmp_path)
+    lab.delete_link(lab.gateway, "lan0")
+    deadline = time.monotonic() + 10
+    problems: list[dict] = []
+    with AgentClient(str(sock), timeout=5) as c:
+        while time.monotonic() < deadline and not problems:
+            problems = [p for p in c.status()["problems"] if p["kind"] == "interface"]
+            time.sleep(0.3)
+    assert problems and "lan0" in problems[0]["message"]
+    assert proc.poll() is None  # still running, retrying
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+
+
+def test_agent_refuses_without_privileges_or_bad_lan(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "spyglass", "agent", "-i", "lo", "--lan", "nonsense",
+         "--socket", str(tmp_path / "s"), "--db", str(tmp_path / "d")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 2 and "--lan 'nonsense' is not a network" in out.stderr

@@ -1,0 +1,87 @@
+"""Ingest benchmark: `spyglass analyze` (whole process, store included) next to tshark.
+
+    .venv/bin/python tests/benchmarks/ingest.py [--packets 1000000] [--keep DIR] [--file F]
+
+Generates a mixed household capture with the simulator (or takes --file), then times, in the
+same run on the same file:
+  * `spyglass analyze FILE --db TMP --json` as a subprocess (startup, imports, hashing, store);
+  * `tshark -q -z conv,ip -r FILE`;
+and prints packets/s for each and the analyser's peak RSS (from wait4's rusage). Run it on a
+quiet machine: figures from a loaded one say more about the load than about Spyglass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def timed(cmd: list[str]) -> tuple[float, float, int, str]:
+    """(wall s, cpu s, peak RSS KiB, stderr tail) of a child process."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, ru = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) not in (0,):
+        raise SystemExit(f"{cmd[0]} failed ({status}): {err[-500:]}")
+    return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss, err[-300:]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--packets", type=int, default=1_000_000)
+    ap.add_argument("--file", type=Path, help="use this capture instead of simulating one")
+    ap.add_argument("--keep", type=Path, help="write the simulated capture here and keep it")
+    ap.add_argument("--runs", type=int, default=3, help="best of N (default 3)")
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="sg-ingest-"))
+    try:
+        if args.file:
+            capture = args.file
+        else:
+            from spyglass.sim.household import simulate_household
+
+            capture = (args.keep or tmp) / "household.pcap"
+            t0 = time.perf_counter()
+            summary = simulate_household(capture, target_packets=args.packets, seed=7)
+            print(f"simulated {summary.packets:,} packets, {capture.stat().st_size / 1e6:,.0f} MB "
+                  f"in {time.perf_counter() - t0:.1f} s")
+        packets = int(subprocess.run(
+            ["capinfos", "-c", "-M", "-T", "-r", str(capture)], capture_output=True, text=True,
+            check=True,
+        ).stdout.split()[-1]) if shutil.which("capinfos") else args.packets
+        spyglass = [sys.executable, "-m", "spyglass", "analyze", str(capture), "--json"]
+        best = None
+        for run in range(args.runs):
+            db = tmp / f"bench{run}.db"
+            wall, cpu, rss, _ = timed([*spyglass, "--db", str(db)])
+            if best is None or wall < best[0]:
+                best = (wall, cpu, rss)
+        assert best is not None
+        wall, cpu, rss = best
+        print(f"spyglass analyze: {packets / wall:,.0f} packets/s  ({wall:.2f} s wall, "
+              f"{cpu:.2f} s CPU, peak RSS {rss / 1024:.0f} MB, {packets:,} packets)")
+        if shutil.which("tshark"):
+            tw = min(timed(["tshark", "-q", "-z", "conv,ip", "-r", str(capture)])[0]
+                     for _ in range(max(1, args.runs - 1)))
+            print(f"tshark -z conv,ip: {packets / tw:,.0f} packets/s  ({tw:.2f} s wall)")
+            print(f"ratio: {tw / wall:.1f}x tshark")
+        else:
+            print("tshark not installed: no comparison")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()
