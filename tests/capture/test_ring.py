@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import struct
@@ -323,6 +324,17 @@ def test_interface_down_raises_interface_gone(lan: HomeLan) -> None:
                     cap.read_batch(timeout_s=0.5)
     finally:
         lan.run(lan.gateway, "ip", "link", "del", "tap0", check=False)
+
+
+def test_promisc_while_open(lan: HomeLan) -> None:
+    def promiscuity() -> int:
+        out = lan.run(lan.gateway, "ip", "-d", "-j", "link", "show", GATEWAY_LAN_IF).stdout
+        return int(json.loads(out)[0]["promiscuity"])
+
+    before = promiscuity()
+    with ring_on_gateway(lan, None, promisc=True):
+        assert promiscuity() == before + 1
+    assert promiscuity() == before
 
 
 def test_missing_and_non_ethernet_interfaces(lan: HomeLan) -> None:
