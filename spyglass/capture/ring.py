@@ -1,10 +1,13 @@
 """Live frames through a memory-mapped TPACKET_V3 receive ring, the way libpcap reads them.
 
 The kernel writes frames into blocks of a ring shared with us and hands a block over when it is
-full or its retire timeout expires. A batch is one bytes copy of the ready blocks (headers
-included, so no per-frame copy) plus the frame positions, gathered with numpy; the blocks go
-back to the kernel right after the copy. No system call per frame, and none at all while
-blocks are ready.
+full or its retire timeout expires. A batch is one bytes copy of the ready blocks (ring headers
+included, so no per-frame copy) plus numpy arrays gathered from the headers; the blocks go back
+to the kernel as soon as they are copied and indexed. No system call per frame, none at all
+while blocks are ready, and for dense blocks no Python loop per frame either.
+
+The reader relies on x86-64's load ordering (or a Python interpreter's worth of delay) between
+seeing a block's status flip and reading its frames, as there is no barrier to call from Python.
 """
 
 from __future__ import annotations
