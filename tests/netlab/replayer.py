@@ -20,10 +20,12 @@ Everything is bounded by the plan's length plus a few seconds, and closed on eve
 
 from __future__ import annotations
 
+import gc
 import socket
 import ssl
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -45,7 +47,8 @@ from tests.netlab.lan import (
 
 TLS_RECORD_OVERHEAD = 22  # TLS 1.3 AEAD: 5-byte header, 1-byte inner type, 16-byte tag
 SETUP_MARGIN_S = 0.3  # between the end of setup and the replay's t=0
-GRACE_S = 3.0  # after the plan's end, for the last bytes in flight
+GRACE_S = 3.0
+SWITCH_INTERVAL_S = 0.0005  # after the plan's end, for the last bytes in flight
 _ZEROS = memoryview(bytes(1 << 16))
 _UDP_MAX = 65507
 
@@ -409,9 +412,18 @@ def replay(lan: HomeLan, plan: ReplayPlan, *, speed: float = 1.0, dns: bool = Tr
     began = time.monotonic()
     added = prepare_lab(lan, plan)
     dns_server = lan.start_dns(names={**VENDOR_HOSTS, **plan.dns_names}) if dns else None
+    # A thread due to send waits for the GIL up to the switch interval (5 ms by default) while
+    # another runs, and a full garbage collection in a big process (pytest) stops every thread
+    # for tens of ms: both would show as late sends. The replay itself makes little garbage.
+    interval, collecting = sys.getswitchinterval(), gc.isenabled()
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    gc.disable()
     try:
         _play(run)
     finally:
+        sys.setswitchinterval(interval)
+        if collecting:
+            gc.enable()
         run.stop.set()
         for t in (*run.threads, *run.speakers, *run.peers):
             t.join(timeout=2)

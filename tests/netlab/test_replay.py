@@ -17,7 +17,7 @@ from spyglass.adapters.oui import vendor_for_mac
 from spyglass.core.analyze import analyze_file
 from spyglass.core.models import Upload
 from spyglass.sim.replay import plan_replay
-from tests.netlab.lan import LAN_NET, VENDOR_HOSTS, lan_or_skip
+from tests.netlab.lan import LAN_NET, VENDOR_HOSTS, lab_unavailable_reason, lan_or_skip
 from tests.netlab.replayer import ReplayReport, gateway_capture, replay
 
 pytestmark = [pytest.mark.root, pytest.mark.captures]
@@ -40,6 +40,9 @@ def test_replay_reports_the_same_uploads(
     tmp_path: Path, captures: Path, labels: list[dict[str, str]], name: str, start: float,
     end: float | None,
 ) -> None:  # fmt: skip
+    reason = lab_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
     if shutil.which("tcpdump") is None:
         pytest.skip("tcpdump is not installed (it captures the replay on the gateway)")
     path = captures / name
