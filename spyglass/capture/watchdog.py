@@ -187,11 +187,11 @@ def _start_time(pid: int) -> str | None:
 class AgentWatch:
     """Tells when a process has exited: a pidfd when the kernel has them, /proc otherwise."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, *, use_pidfd: bool = True) -> None:
         self.pid = pid
         self._start = _start_time(pid)
         self._pidfd: int | None = None
-        if self._start is not None and hasattr(os, "pidfd_open"):
+        if self._start is not None and use_pidfd and hasattr(os, "pidfd_open"):
             with contextlib.suppress(OSError):
                 self._pidfd = os.pidfd_open(pid)
                 # The pid may have been reused between the two looks: check once more.

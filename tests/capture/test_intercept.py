@@ -35,6 +35,7 @@ from spyglass.capture.intercept import (
 )
 from spyglass.capture.live import LiveCapture
 from spyglass.capture.watchdog import (
+    AgentWatch,
     InterceptState,
     read_state,
     start_watchdog,
@@ -198,6 +199,20 @@ def test_watchdog_exits_quietly_when_the_agent_exits_clean(tmp_path: Path) -> No
     assert read_state(path).restored_by is None
 
 
+@pytest.mark.parametrize("use_pidfd", [True, False])
+def test_agent_watch_sees_the_agent_go_even_before_it_is_reaped(use_pidfd: bool) -> None:
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    watch = AgentWatch(sleeper.pid, use_pidfd=use_pidfd)
+    try:
+        assert not watch.wait(0.05)
+        sleeper.kill()
+        assert wait_for(lambda: watch.wait(0.05), 5)  # a zombie counts as gone
+    finally:
+        watch.close()
+        sleeper.wait()
+    assert AgentWatch(sleeper.pid).wait(0)  # reaped (and not reused): gone at once
+
+
 def test_watchdog_refuses_a_bad_state_file(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     path.write_text("nonsense")
@@ -207,11 +222,19 @@ def test_watchdog_refuses_a_bad_state_file(tmp_path: Path) -> None:
 
 # -- in the flat lab -----------------------------------------------------------------------------
 
+
+def host_sysctls() -> dict[str, str]:
+    names = [n for n in SYSCTLS if f".{IF}." not in n]
+    return {n: Path("/proc/sys", n.replace(".", "/")).read_text() for n in names}
+
+
 @pytest.fixture(scope="module")
 def lan() -> Iterator[FlatLan]:
+    before = host_sysctls()
     with flat_lan_or_skip() as lab:
         lab.start_tcp_echo(lab.router, ROUTER_IP, ECHO_PORT)
         yield lab
+    assert host_sysctls() == before, "the host's own forwarding settings were touched"
 
 
 @pytest.fixture
@@ -329,6 +352,20 @@ def test_remove_restores_that_device_at_once(fresh: FlatLan) -> None:
     assert wait_for(lambda: true_entries(lan), 3)
     assert lan.neigh(lan.router, OTHER_IP) == OTHER_MAC
     assert spy_sysctls(lan) == SYSCTLS
+
+
+@pytest.mark.root
+def test_a_device_that_asks_again_is_answered_at_once(fresh: FlatLan) -> None:
+    """With a 30-s period only the answer to their own ARP requests can re-poison them."""
+    lan = fresh
+    it = Interceptor(IF, ROUTER_IP, netns=lan.spy, period_s=30)
+    it.add(SPEAKER_IP)
+    with it:
+        lan.flush_neigh(lan.speaker, lan.router)
+        assert lan.ping(lan.speaker, ROUTER_IP)  # both ask by broadcast; the true owners answer
+        assert wait_for(lambda: poisoned(lan), 5), entries(lan)
+        assert lan.ping(lan.speaker, ROUTER_IP)
+    assert wait_for(lambda: true_entries(lan), 3)
 
 
 @pytest.mark.root
