@@ -327,34 +327,24 @@ class RingCapture:
             raise OSError(err, f"capture on {self.ifname!r}: {os.strerror(err)}")
 
     def _harvest(self, max_frames: int) -> FrameBatch:
-        """Copy out the ready blocks (the first, then more while they fit in ``max_frames``),
-        hand them back to the kernel, and index their frames."""
+        """Copy out the ready block at the ring's cursor, index its frames and hand it back to
+        the kernel; what exceeds ``max_frames`` waits for the next calls."""
         ring = self._ring
-        mv32, bs, nblocks = ring.mv32, ring.block_size, ring.block_count
-        cur = ring.cur
-        spans: list[tuple[int, int, int]] = []  # (start, end, frame count) in the map
-        total = 0
-        while len(spans) < nblocks:
-            word = cur * bs >> 2
-            if not mv32[word + _BLK_STATUS] & TP_STATUS_USER:
-                break
-            n = mv32[word + _BLK_NUM_PKTS]
-            if spans and total + n > max_frames:
-                break
-            spans.append((cur * bs + mv32[word + _BLK_FIRST], cur * bs + mv32[word + _BLK_LEN], n))
-            total += n
-            cur = (cur + 1) % nblocks
-        heads = [self._heads(start, end, n) for start, end, n in spans]
-        w = heads[0] if len(heads) == 1 else np.concatenate(heads)
-        mv = ring.mv
-        buf = b"".join([mv[start:end] for start, end, _n in spans])
+        mv32, bs = ring.mv32, ring.block_size
+        base = ring.cur * bs
+        word = base >> 2
+        n = mv32[word + _BLK_NUM_PKTS]
+        start, end = base + mv32[word + _BLK_FIRST], base + mv32[word + _BLK_LEN]
         try:
-            batch = self._index(w, spans, buf)
+            w = self._heads(start, end, n)
+            # One block per batch: copies of several blocks at once are big enough for
+            # malloc to map fresh pages for each, and the page faults cost more than the copy.
+            buf = bytes(ring.mv[start:end])
+            batch = self._index(w, start, buf)
         finally:
-            # Copied and indexed: the blocks are the kernel's again.
-            for start, _end, _n in spans:
-                mv32[((start - start % bs) >> 2) + _BLK_STATUS] = TP_STATUS_KERNEL
-            ring.cur = cur
+            # Copied and indexed: the block is the kernel's again.
+            mv32[word + _BLK_STATUS] = TP_STATUS_KERNEL
+            ring.cur = (ring.cur + 1) % ring.block_count
         if len(batch) > max_frames:
             self._leftover = batch
             return self._take_leftover(max_frames)
@@ -385,17 +375,11 @@ class RingCapture:
             pos += mv32[pos] >> 2
         return np.fromiter(heads, dtype=np.int64, count=n)
 
-    def _index(self, w: I64, spans: list[tuple[int, int, int]], buf: bytes) -> FrameBatch:
+    def _index(self, w: I64, start: int, buf: bytes) -> FrameBatch:
         """The batch for frames whose headers sit at words ``w`` of the map; ``buf`` is the
-        copy of ``spans``, one after the other."""
+        copy of the map from ``start`` on."""
         a32 = self._ring.a32
-        if len(spans) == 1:
-            shift: I64 | int = -spans[0][0]
-        else:
-            starts = np.array([s for s, _e, _n in spans], dtype=np.int64)
-            lengths = np.array([e - s for s, e, _n in spans], dtype=np.int64)
-            shift = np.repeat(np.cumsum(lengths) - lengths - starts, [n for _s, _e, n in spans])
-        offset = (w << 2) + shift + self._ring.a16[(w << 1) + _MAC_HALF]
+        offset = (w << 2) - start + self._ring.a16[(w << 1) + _MAC_HALF]
         caplen = np.minimum(a32[w + _SNAPLEN], self.snaplen).astype(np.int32)
         if len(w) and (offset.min() < 0 or int((offset + caplen).max()) > len(buf)):
             raise RuntimeError(f"capture ring of {self.ifname!r} holds a frame outside its block")
