@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from spyglass.core.aggregate import group, mix
-from spyglass.core.decode import decode, ip_str, mac_str
+from spyglass.core.decode import ip_str, mac_str
 from spyglass.core.detect import (
     ConnKey,
     DestinationHint,
@@ -22,14 +21,14 @@ from spyglass.core.detect import (
     UploadDetector,
 )
 from spyglass.core.endpoints import classify
-from spyglass.core.frames import U64, Decoded, FrameBatch
+from spyglass.core.frames import FrameBatch
 from spyglass.core.inventory import Inventory, NameBook, VendorLookup
 from spyglass.core.lan import LanClassifier
 from spyglass.core.models import Device, EndpointName, Flow, SeriesPoint, Upload
+from spyglass.core.prepare import Prepared, PrepSettings, prepare
 from spyglass.core.slowpath import SlowPath
 
 PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6", 2: "igmp", 50: "esp"}
-_NO_MAC_TAG = np.uint64(1 << 63)  # device keys of raw-IP captures (no MAC): hash of the IP
 SERIES_SETTLE_S = 2  # a second is complete once the capture is this far past it
 
 
@@ -59,8 +58,11 @@ class Pipeline:
         self.slow = SlowPath(self.inventory, self.names)
         self.detector = UploadDetector(self._hint, detector_config)
         self.stats = PipelineStats()
-        self._media_min = self.detector.config.min_payload
-        self._bins_per_s = round(1 / self.detector.config.bin_s)
+        self.prep_settings = PrepSettings(
+            lan=self.lan.lan,
+            media_min=self.detector.config.min_payload,
+            bins_per_s=round(1 / self.detector.config.bin_s),
+        )
         self._flows: dict[int, Flow] = {}
         self._flow_keys: dict[int, FlowKey] = {}
         self._conn_keys: dict[int, ConnKey] = {}
@@ -73,35 +75,27 @@ class Pipeline:
         """Process one batch; returns the uploads that became final."""
         if len(batch) == 0:
             return []
-        d = decode(batch)
+        return self.apply(prepare(batch, self.lan, self.prep_settings))
+
+    def apply(self, p: Prepared) -> list[Upload]:
+        """The stateful half of :meth:`feed`: one batch aggregated by :func:`prepare` (which
+        may have run in another process, with :attr:`prep_settings`)."""
         st = self.stats
-        st.packets += len(d)
-        st.bytes += int(d.wirelen.sum())
-        st.malformed += int(d.malformed.sum())
-        t_first, t_last = float(d.ts.min()), float(d.ts.max())
-        st.first_ts = t_first if st.first_ts is None else min(st.first_ts, t_first)
-        st.last_ts = t_last if st.last_ts is None else max(st.last_ts, t_last)
+        st.packets += p.packets
+        st.bytes += p.bytes
+        st.malformed += p.malformed
+        st.first_ts = p.t_first if st.first_ts is None else min(st.first_ts, p.t_first)
+        st.last_ts = p.t_last if st.last_ts is None else max(st.last_ts, p.t_last)
+        st.non_ip += p.non_ip
+        st.local_only += p.local_only
 
-        ip = (d.ipver > 0) & ~d.malformed
-        st.non_ip += int((~ip).sum())
-        src_local = self.lan.is_local(d.src_hi, d.src_lo)
-        dst_local = self.lan.is_local(d.dst_hi, d.dst_lo)
-        up = ip & src_local & ~dst_local
-        down = ip & ~src_local & dst_local
-        st.local_only += int((ip & src_local & dst_local).sum())
-
-        arr = np.frombuffer(batch.buf, dtype=np.uint8)
-        self.slow.handle(d, batch, self.slow.select(d, arr, up))
-        self._learn_devices(d, ip & src_local)
-
-        # A multicast/broadcast MAC is never a device (remote senders to 224.0.0.0/4 etc.).
-        dev_mac = np.where(up, d.src_mac, d.dst_mac)
-        unicast = ((dev_mac >> np.uint64(40)) & np.uint64(1)) == 0
-        rows = np.flatnonzero((up | down) & unicast)
+        if len(p.slow_d):
+            self.slow.handle(p.slow_d, p.slow_batch, np.arange(len(p.slow_d), dtype=np.int64))
+        self._learn_devices(p)
         done: list[Upload] = []
-        if rows.size:
-            done = self._aggregate(d, rows, up[rows])
-        done.extend(self.detector.advance(t_last))
+        if p.fl_hash.size:
+            done = self._aggregate(p)
+        done.extend(self.detector.advance(p.t_last))
         self._uploads.extend(done)
         return done
 
@@ -173,150 +167,103 @@ class Pipeline:
             device_is_speaker=self.inventory.is_speaker(mac),
         )
 
-    def _learn_devices(self, d: Decoded, mask: np.ndarray) -> None:
+    def _learn_devices(self, p: Prepared) -> None:
         """Every MAC that sends IP from a LAN address is a device; note its IPs."""
-        unicast = ((d.src_mac >> np.uint64(40)) & np.uint64(1)) == 0
-        rows = np.flatnonzero(mask & (d.src_mac != 0) & unicast)
-        if not rows.size:
-            return
-        _, g = group(mix(d.src_mac[rows], d.src_hi[rows], d.src_lo[rows]))
-        ts = d.ts[rows]
-        first, last = g.min(ts), g.max(ts)
-        for j, i in enumerate(rows[g.first].tolist()):
-            ip = ip_str(int(d.src_hi[i]), int(d.src_lo[i]))
-            mac = mac_str(int(d.src_mac[i]))
-            self.inventory.touch(mac, float(first[j]), float(last[j]))
+        inv = self.inventory
+        for mac_i, hi, lo, first, last in zip(
+            p.dev_mac.tolist(), p.dev_hi.tolist(), p.dev_lo.tolist(), p.dev_first.tolist(),
+            p.dev_last.tolist(), strict=True,
+        ):
+            ip = ip_str(hi, lo)
+            mac = mac_str(mac_i)
+            inv.touch(mac, first, last)
             if not ip.startswith(("0.", "169.254.", "fe80:")):
-                self.inventory.add_ip(mac, ip, float(last[j]))
+                inv.add_ip(mac, ip, last)
 
-    def _device_keys(self, mac: U64, loc_hi: U64, loc_lo: U64) -> U64:
-        nomac = mac == 0
-        if not nomac.any():
-            return mac
-        return np.where(nomac, mix(loc_hi, loc_lo) | _NO_MAC_TAG, mac)
-
-    def _aggregate(self, d: Decoded, rows: np.ndarray, is_up: np.ndarray) -> list[Upload]:
-        src_hi, src_lo = d.src_hi[rows], d.src_lo[rows]
-        dst_hi, dst_lo = d.dst_hi[rows], d.dst_lo[rows]
-        rem_hi = np.where(is_up, dst_hi, src_hi)
-        rem_lo = np.where(is_up, dst_lo, src_lo)
-        loc_hi = np.where(is_up, src_hi, dst_hi)
-        loc_lo = np.where(is_up, src_lo, dst_lo)
-        mac = np.where(is_up, d.src_mac[rows], d.dst_mac[rows])
-        dev = self._device_keys(mac, loc_hi, loc_lo)
-        proto = d.proto[rows]
-        rport = np.where(is_up, d.dport[rows], d.sport[rows])
-        ts = d.ts[rows]
-        size = d.wirelen[rows].astype(np.int64)
-        up_i = is_up.astype(np.int64)
-        down_i = 1 - up_i
-
-        fkey = mix(dev, rem_hi, rem_lo, proto, rport)
-        uniq, g = group(fkey)
-        pu, pd = g.sum(up_i), g.sum(down_i)
-        bu, bd = g.sum(size * up_i), g.sum(size * down_i)
-        first, last = g.min(ts), g.max(ts)
-        first_rows = rows[g.first]
+    def _aggregate(self, p: Prepared) -> list[Upload]:
         keys: list[FlowKey] = []
-        for j, h in enumerate(uniq.tolist()):
-            key = self._flow_keys.get(h)
+        flow_keys, flows, dirty = self._flow_keys, self._flows, self._dirty_flows
+        for j, (h, pu, pd, bu, bd, first, last) in enumerate(zip(
+            p.fl_hash.tolist(), p.fl_pu.tolist(), p.fl_pd.tolist(), p.fl_bu.tolist(),
+            p.fl_bd.tolist(), p.fl_first.tolist(), p.fl_last.tolist(), strict=True,
+        )):
+            key = flow_keys.get(h)
             if key is None:
-                i = int(first_rows[j])
-                key = self._make_key(d, i, bool(is_up[g.first[j]]))
-                self._flow_keys[h] = key
+                key = self._make_key(p, j)
+                flow_keys[h] = key
             keys.append(key)
-            f = self._flows.get(h)
+            f = flows.get(h)
             if f is None:
-                f = Flow(key[0], key[1], key[2], key[3], first_seen=float(first[j]))
-                self._flows[h] = f
-            self._dirty_flows.add(h)
-            f.packets_up += int(pu[j])
-            f.packets_down += int(pd[j])
-            f.bytes_up += int(bu[j])
-            f.bytes_down += int(bd[j])
-            f.last_seen = max(f.last_seen, float(last[j]))
+                f = Flow(key[0], key[1], key[2], key[3], first_seen=first)
+                flows[h] = f
+            dirty.add(h)
+            f.packets_up += pu
+            f.packets_down += pd
+            f.bytes_up += bu
+            f.bytes_down += bd
+            if last > f.last_seen:
+                f.last_seen = last
+        self._add_series(p, keys)
+        return self._detect(p, keys)
 
-        self._add_series(g.inverse, keys, ts, size, up_i)
-        lport = np.where(is_up, d.sport[rows], d.dport[rows])
-        return self._detect(fkey, g.inverse, keys, lport, proto, ts, size, up_i,
-                            d.payload_len[rows])
+    def _make_key(self, p: Prepared, j: int) -> FlowKey:
+        mac_i = int(p.fl_mac[j])
+        local = ip_str(int(p.fl_loc_hi[j]), int(p.fl_loc_lo[j]))
+        dev = mac_str(mac_i) if mac_i else "ip:" + local
+        proto = int(p.fl_proto[j])
+        remote = ip_str(int(p.fl_rem_hi[j]), int(p.fl_rem_lo[j]))
+        return (dev, remote, PROTO_NAMES.get(proto, str(proto)), int(p.fl_port[j]))
 
-    def _make_key(self, d: Decoded, i: int, up: bool) -> FlowKey:
-        if up:
-            mac_i, loc, rem, port = int(d.src_mac[i]), (d.src_hi[i], d.src_lo[i]), (
-                d.dst_hi[i], d.dst_lo[i]), int(d.dport[i])
-        else:
-            mac_i, loc, rem, port = int(d.dst_mac[i]), (d.dst_hi[i], d.dst_lo[i]), (
-                d.src_hi[i], d.src_lo[i]), int(d.sport[i])
-        dev = mac_str(mac_i) if mac_i else "ip:" + ip_str(int(loc[0]), int(loc[1]))
-        proto = int(d.proto[i])
-        return (dev, ip_str(int(rem[0]), int(rem[1])), PROTO_NAMES.get(proto, str(proto)), port)
-
-    def _add_series(
-        self, flow_of_row: np.ndarray, keys: list[FlowKey], ts: np.ndarray, size: np.ndarray,
-        up_i: np.ndarray,
-    ) -> None:
+    def _add_series(self, p: Prepared, keys: list[FlowKey]) -> None:
         # Series are per (device, remote IP): flows of both protocols and all ports add up.
-        sec = ts.astype(np.int64)
-        skey = mix(flow_of_row, sec)
-        _, g = group(skey)
-        bu, bd = g.sum(size * up_i), g.sum(size * (1 - up_i))
-        pu = g.sum(up_i)
-        n = g.count()
-        for j, i in enumerate(g.first.tolist()):
-            fk = keys[int(flow_of_row[i])]
-            k = (fk[0], fk[1], int(sec[i]))
-            cell = self._series.get(k)
+        series = self._series
+        for fi, sec, bu, bd, pu, pd in zip(
+            p.se_flow.tolist(), p.se_sec.tolist(), p.se_bu.tolist(), p.se_bd.tolist(),
+            p.se_pu.tolist(), p.se_pd.tolist(), strict=True,
+        ):
+            fk = keys[fi]
+            k = (fk[0], fk[1], sec)
+            cell = series.get(k)
             if cell is None:
-                self._series[k] = [int(bu[j]), int(bd[j]), int(pu[j]), int(n[j] - pu[j])]
+                series[k] = [bu, bd, pu, pd]
             else:
-                cell[0] += int(bu[j])
-                cell[1] += int(bd[j])
-                cell[2] += int(pu[j])
-                cell[3] += int(n[j] - pu[j])
+                cell[0] += bu
+                cell[1] += bd
+                cell[2] += pu
+                cell[3] += pd
 
-    def _detect(
-        self, fkey: U64, flow_of_row: np.ndarray, keys: list[FlowKey], lport: np.ndarray,
-        proto: np.ndarray, ts: np.ndarray, size: np.ndarray, up_i: np.ndarray,
-        payload_len: np.ndarray,
-    ) -> list[Upload]:
-        transport = (proto == 6) | (proto == 17)
-        media = transport & (up_i == 1) & (payload_len >= self._media_min)
-        r = np.flatnonzero(transport)
-        if not r.size:
+    def _detect(self, p: Prepared, keys: list[FlowKey]) -> list[Upload]:
+        if not p.co_hash.size:
             return []
-        uniq, cg = group(mix(fkey[r], lport[r]))
         conn_keys: list[ConnKey] = []
-        for j, h in enumerate(uniq.tolist()):
-            ck = self._conn_keys.get(h)
+        cache = self._conn_keys
+        for h, fi, lport in zip(
+            p.co_hash.tolist(), p.co_flow.tolist(), p.co_lport.tolist(), strict=True
+        ):
+            ck = cache.get(h)
             if ck is None:
-                i = int(r[cg.first[j]])
-                ck = (*keys[int(flow_of_row[i])], int(lport[i]))
-                self._conn_keys[h] = ck
+                ck = (*keys[fi], lport)
+                cache[h] = ck
             conn_keys.append(ck)
         # Bins only for connections carrying media now, or with a stream the detector watches.
-        conn_media = cg.sum(media[r]) > 0
-        watched = np.array([self.detector.is_watching(k) for k in conn_keys], dtype=np.bool_)
-        take = (conn_media | watched)[cg.inverse]
+        det = self.detector
+        watched = np.fromiter(
+            (det.is_watching(k) for k in conn_keys), dtype=np.bool_, count=len(conn_keys)
+        )
+        take = (p.co_media | watched)[p.bi_conn]
         if not take.any():
             return []
-        r, co = r[take], cg.inverse[take]
-        b = np.floor(ts[r] * self._bins_per_s).astype(np.int64)
-        _, g = group(mix(co, b))
-        m = media[r].astype(np.int64)
-        mp = g.sum(m)
-        mb = g.sum(payload_len[r].astype(np.int64) * m)
-        ub = g.sum(size[r] * up_i[r])
-        db = g.sum(size[r] * (1 - up_i[r]))
-        bins = b[g.first]
-        conns = co[g.first]
+        bins = p.bi_bin[take]
+        order = np.argsort(bins, kind="stable")
+        bin_s = det.config.bin_s
+        observe = det.observe
         done: list[Upload] = []
-        bin_s = self.detector.config.bin_s
-        for j in np.argsort(bins, kind="stable").tolist():
-            done.extend(
-                self.detector.observe(
-                    float(bins[j]) * bin_s, conn_keys[int(conns[j])], int(mp[j]), int(mb[j]),
-                    int(ub[j]), int(db[j]),
-                )
-            )
+        for b, c, mp, mb, ub, db in zip(
+            bins[order].tolist(), p.bi_conn[take][order].tolist(), p.bi_mp[take][order].tolist(),
+            p.bi_mb[take][order].tolist(), p.bi_ub[take][order].tolist(),
+            p.bi_db[take][order].tolist(), strict=True,
+        ):
+            found = observe(b * bin_s, conn_keys[c], mp, mb, ub, db)
+            if found:
+                done.extend(found)
         return done

@@ -60,6 +60,25 @@ class SlowPathStats:
         return out
 
 
+def select_rows(d: Decoded, arr: np.ndarray, up: np.ndarray) -> I64:
+    """Rows worth a payload parse. ``arr`` is the batch buffer as uint8, ``up`` the
+    device-to-internet mask (ClientHellos are only read going out)."""
+    udp = (d.proto == UDP) & ~d.malformed & (d.payload_cap > 0)
+    sp, dp = d.sport, d.dport
+    mask = udp & (
+        (sp == 53) | (sp == 5353) | (dp == 5353) | (sp == 67) | (sp == 68)
+        | (sp == 1900) | (dp == 1900)
+    )
+    mask |= d.ethertype == ETH_ARP
+    tcp = (d.proto == TCP) & up & (d.payload_cap >= 6) & ~d.malformed
+    rows = np.flatnonzero(tcp)
+    if rows.size:
+        off = d.payload_off[rows]
+        hello = (arr[off] == 0x16) & (arr[off + 5] == 0x01)
+        mask[rows[hello]] = True
+    return np.flatnonzero(mask)
+
+
 class SlowPath:
     def __init__(self, inventory: Inventory, names: NameBook) -> None:
         self.inventory = inventory
@@ -67,22 +86,8 @@ class SlowPath:
         self.stats = SlowPathStats()
 
     def select(self, d: Decoded, arr: np.ndarray, up: np.ndarray) -> I64:
-        """Rows worth a payload parse. ``arr`` is the batch buffer as uint8, ``up`` the
-        device-to-internet mask (ClientHellos are only read going out)."""
-        udp = (d.proto == UDP) & ~d.malformed & (d.payload_cap > 0)
-        sp, dp = d.sport, d.dport
-        mask = udp & (
-            (sp == 53) | (sp == 5353) | (dp == 5353) | (sp == 67) | (sp == 68)
-            | (sp == 1900) | (dp == 1900)
-        )
-        mask |= d.ethertype == ETH_ARP
-        tcp = (d.proto == TCP) & up & (d.payload_cap >= 6) & ~d.malformed
-        rows = np.flatnonzero(tcp)
-        if rows.size:
-            off = d.payload_off[rows]
-            hello = (arr[off] == 0x16) & (arr[off + 5] == 0x01)
-            mask[rows[hello]] = True
-        return np.flatnonzero(mask)
+        """See :func:`select_rows`."""
+        return select_rows(d, arr, up)
 
     def handle(self, d: Decoded, batch: FrameBatch, rows: I64) -> None:
         buf = batch.buf
