@@ -465,8 +465,12 @@ def _play(run: _Run) -> None:
                 early[c.id] = _open(run, c)
             except (OSError, ssl.SSLError) as e:
                 run.error(f"connection {c.id} to {c.remote_ip}:{c.remote_port}: {e}")
-    run.t0 = time.monotonic() + SETUP_MARGIN_S
-    run.report.origin = time.time() + (run.t0 - time.monotonic())
+    # t=0 falls on the same fraction of a second as in the capture, so the analysis's 100-ms
+    # bins and per-second series cut the replay where they cut the original.
+    mono, wall = time.monotonic(), time.time()
+    shift = (plan.origin - (wall + SETUP_MARGIN_S)) % 1.0
+    run.t0 = mono + SETUP_MARGIN_S + shift
+    run.report.origin = wall + SETUP_MARGIN_S + shift
     run.deadline = run.due(plan.duration) + GRACE_S
     run.clock.set()
     run.spawn(_speaker_dns, run, dns_sock, group=run.speakers)
