@@ -47,8 +47,8 @@ from tests.netlab.lan import (
 
 TLS_RECORD_OVERHEAD = 22  # TLS 1.3 AEAD: 5-byte header, 1-byte inner type, 16-byte tag
 SETUP_MARGIN_S = 0.3  # between the end of setup and the replay's t=0
-GRACE_S = 3.0
-SWITCH_INTERVAL_S = 0.0005  # after the plan's end, for the last bytes in flight
+GRACE_S = 3.0  # after the plan's end, for the last bytes in flight
+SWITCH_INTERVAL_S = 0.0005
 _ZEROS = memoryview(bytes(1 << 16))
 _UDP_MAX = 65507
 
@@ -202,7 +202,8 @@ class _Datagrams(_Stream):
 
 
 def _pump(run: _Run, link: _Stream, conn: Connection, direction: Direction) -> None:
-    if not run.clock.wait(timeout=60):
+    run.clock.wait(timeout=60)
+    if run.stop.is_set() or not run.clock.is_set():
         return
     for t, n in run.plan.sends(conn.id, direction):
         due = run.due(t)
@@ -383,7 +384,8 @@ def _cloud_udp(run: _Run, conn: Connection, sock: socket.socket) -> None:
 def prepare_lab(lan: HomeLan, plan: ReplayPlan, *, mac: bool = True) -> list[str]:
     """Make the lab look like the capture: the speaker's MAC (so vendor lookup and speaker
     gating work as on the original), wire-sized frames, and the plan's cloud addresses.
-    Returns the addresses added to the cloud (``finish_lab`` removes them)."""
+    Returns the addresses added to the cloud (``finish_lab`` removes them); the MAC, sysctl
+    and GSO settings stay with the lab (use a fresh lab per device)."""
     if mac:
         lan.run(lan.speaker, "ip", "link", "set", "dev", SPEAKER_IF, "address", plan.device_mac)
     for ns in (lan.speaker, lan.cloud):
@@ -411,7 +413,7 @@ def replay(lan: HomeLan, plan: ReplayPlan, *, speed: float = 1.0, dns: bool = Tr
     run = _Run(lan, plan, speed)
     began = time.monotonic()
     added = prepare_lab(lan, plan)
-    dns_server = lan.start_dns(names={**VENDOR_HOSTS, **plan.dns_names}) if dns else None
+    dns_server = None
     # A thread due to send waits for the GIL up to the switch interval (5 ms by default) while
     # another runs, and a full garbage collection in a big process (pytest) stops every thread
     # for tens of ms: both would show as late sends. The replay itself makes little garbage.
@@ -419,12 +421,15 @@ def replay(lan: HomeLan, plan: ReplayPlan, *, speed: float = 1.0, dns: bool = Tr
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     gc.disable()
     try:
+        if dns:
+            dns_server = lan.start_dns(names={**VENDOR_HOSTS, **plan.dns_names})
         _play(run)
     finally:
         sys.setswitchinterval(interval)
         if collecting:
             gc.enable()
         run.stop.set()
+        run.clock.set()  # threads still waiting for t=0 see the stop
         for t in (*run.threads, *run.speakers, *run.peers):
             t.join(timeout=2)
         with run.lock:

@@ -9,6 +9,8 @@ window, with duration and bytes within 25 %. The window keeps each case short.
 from __future__ import annotations
 
 import shutil
+import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ from tests.netlab.replayer import ReplayReport, gateway_capture, replay
 
 pytestmark = [pytest.mark.root, pytest.mark.captures]
 
+IP_FREEBIND = 15  # linux/in.h: bind to an address the host does not have (yet)
 CASES = [
     # file, start, end (seconds after the first packet)
     pytest.param("echodot3a_active.pcap", 18.0, 30.0, id="echo-dot-tcp"),
@@ -98,3 +101,24 @@ def summary(
         f"over {len(rep.sends)} sends; wall {rep.wall_s:.1f} s"
     )
     return "\n".join(lines)
+
+
+def test_a_failed_replay_leaves_the_lab_as_it_was(
+    captures: Path, labels: list[dict[str, str]]
+) -> None:
+    name = "cic_echodot1_VOICE_VOLUMEOFF_1.pcap"
+    mac = next(row["device_mac"] for row in labels if row["file"] == name)
+    plan = plan_replay(captures / name, mac, end=1.0)
+    [conn] = plan.connections
+    with lan_or_skip() as lan:
+        before = lan.run(lan.cloud, "ip", "-o", "addr").stdout
+        threads = threading.active_count()
+        # Something already listens where the scripted peer must (bound ahead of its address).
+        with lan.socket(lan.cloud) as squatter:
+            squatter.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+            squatter.bind((conn.remote_ip, conn.remote_port))
+            squatter.listen()
+            with pytest.raises(OSError, match="in use"):
+                replay(lan, plan)
+        assert lan.run(lan.cloud, "ip", "-o", "addr").stdout == before
+        assert threading.active_count() == threads
