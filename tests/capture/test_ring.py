@@ -30,7 +30,7 @@ pytestmark = pytest.mark.root
 
 GOOGLE = VENDOR_HOSTS["www.google.com"]
 APPLE = VENDOR_HOSTS["guzzoni.apple.com"]
-Source = LiveCapture | RingCapture
+type Source = LiveCapture | RingCapture
 
 
 @pytest.fixture(scope="module")
