@@ -8,7 +8,6 @@ import json
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -117,17 +116,15 @@ def analyze_paths(
     """Analyse each file (one bad file does not stop the others) and store what is usable."""
     lookup = _vendor_lookup()
     outcomes: list[FileOutcome] = []
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        for path in files:
-            out = FileOutcome(path)
-            outcomes.append(out)
-            _analyze_one(out, pool, store, lan, lookup, progress)
+    for path in files:
+        out = FileOutcome(path)
+        outcomes.append(out)
+        _analyze_one(out, store, lan, lookup, progress)
     return AnalysisReport(outcomes, store.path if store is not None else None)
 
 
 def _analyze_one(
     out: FileOutcome,
-    pool: ThreadPoolExecutor,
     store: Store | None,
     lan: list[str] | None,
     lookup: Callable[[str], str | None] | None,
@@ -143,33 +140,34 @@ def _analyze_one(
         except OSError:
             bar = None
     # The content hash (the capture's identity in the store) costs about as much as the
-    # analysis on big files: compute it on a second thread (hashlib releases the GIL).
-    hashing = pool.submit(CaptureSource.from_file, out.path) if store is not None else None
+    # analysis on big files: the reader hashes the chunks it reads anyway, on a thread of its own.
     try:
         result = analyze_file(
-            out.path, lan=lan, vendor_lookup=lookup, progress=bar.update if bar else None
+            out.path, lan=lan, vendor_lookup=lookup, progress=bar.update if bar else None,
+            hash_file=store is not None,
         )
     except CaptureFormatError as exc:
         where = "" if exc.reason.startswith("cannot read") else f" at byte {exc.offset}"
         out.error = f"{out.name}: {exc.reason}{where}; nothing was kept"
         out.failed = True
-        if hashing is not None:
-            hashing.cancel()
         return
     finally:
         if bar is not None:
             bar.close()
     out.result = result
     _judge(out)
-    if hashing is None or store is None or result.stats.packets == 0:
+    if store is None or result.stats.packets == 0:
         return
+    if not isinstance(result.digest, tuple):
+        out.warnings.append(f"{out.name}: not stored: {result.digest or 'not hashed'}")
+        out.failed = True
+        return
+    sha256, size = result.digest
+    source = CaptureSource(path=str(out.path.resolve()), sha256=sha256, size=size)
     try:
-        out.capture_id = store.record_analysis(hashing.result(), result)
+        out.capture_id = store.record_analysis(source, result)
     except StoreError as exc:
         out.warnings.append(f"{out.name}: not stored: {exc}")
-        out.failed = True
-    except OSError as exc:
-        out.warnings.append(f"{out.name}: not stored: cannot read it again: {exc.strerror or exc}")
         out.failed = True
 
 

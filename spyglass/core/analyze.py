@@ -5,15 +5,22 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from spyglass.core.capfile import ReadReport, open_capture
+from spyglass.core.capfile import CaptureReader, ReadReport, open_capture
 from spyglass.core.detect import DetectorConfig
+from spyglass.core.filehash import FileHasher
 from spyglass.core.inventory import VendorLookup
 from spyglass.core.models import Device, EndpointName, Flow, SeriesPoint, Upload
+from spyglass.core.parallel import PreparedReader, WorkerFailed
 from spyglass.core.pipeline import Pipeline, PipelineStats
 
 ProgressFn = Callable[[int, int], None]  # (bytes read, file size)
 SeriesSink = Callable[[list[SeriesPoint]], None]
+
+CHUNK_BYTES = 16 << 20  # fewer, larger batches: less overhead
+# Below this a second process costs more (fork, pipe) than it saves.
+PARALLEL_MIN_BYTES = 2 * CHUNK_BYTES
 
 
 @dataclass(slots=True)
@@ -26,6 +33,8 @@ class AnalysisResult:
     stats: PipelineStats
     read_report: ReadReport
     series: list[SeriesPoint] = field(default_factory=list)  # empty when a sink took them
+    # With hash_file: the file's sha256 and size, or why it could not be hashed.
+    digest: tuple[str, int] | str | None = None
 
     @property
     def problems(self) -> list[str]:
@@ -41,19 +50,115 @@ def analyze_file(
     progress: ProgressFn | None = None,
     series_sink: SeriesSink | None = None,
     detector_config: DetectorConfig | None = None,
+    workers: int | None = None,
+    hash_file: bool = False,
 ) -> AnalysisResult:
     """Analyse a pcap/pcapng file.
 
     Raises :class:`spyglass.core.capfile.CaptureFormatError` when the file is not a capture at
     all; any later fault is in ``read_report`` (what was read before it is analysed). With a
     ``series_sink`` the per-second series are handed over as they settle, so memory stays flat
-    however long the capture is.
+    however long the capture is. ``workers=2`` reads and decodes in a second process, ``1`` does
+    everything here; by default a large file uses two processes when the machine has two cores.
+    Both give the same result. ``hash_file`` also computes the file's sha256 (into ``digest``)
+    from the chunks as they are read.
     """
-    reader = open_capture(path, chunk_bytes=16 << 20)  # fewer, larger batches: less overhead
+    if workers is None:
+        workers = 2 if _cores() >= 2 and _size(path) >= PARALLEL_MIN_BYTES else 1
+    if workers >= 2:
+        handed: list[int] = []
+        sink = series_sink
+        if series_sink is not None:
+            def sink(points: list[SeriesPoint], outer: SeriesSink = series_sink) -> None:
+                handed.append(len(points))
+                outer(points)
+        try:
+            return _analyze(
+                path, lan, vendor_lookup, progress, sink, detector_config, True, hash_file
+            )
+        except WorkerFailed:
+            if handed:
+                raise  # the sink holds part of the series: a second run would double them
+            # Otherwise start again in this process.
+    return _analyze(
+        path, lan, vendor_lookup, progress, series_sink, detector_config, False, hash_file
+    )
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _size(path: str | os.PathLike[str]) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def _analyze(
+    path: str | os.PathLike[str],
+    lan: list[str] | None,
+    vendor_lookup: VendorLookup | None,
+    progress: ProgressFn | None,
+    series_sink: SeriesSink | None,
+    detector_config: DetectorConfig | None,
+    parallel: bool,
+    hash_file: bool,
+) -> AnalysisResult:
     pipe = Pipeline(lan=lan, vendor_lookup=vendor_lookup, detector_config=detector_config)
+    reader: PreparedReader | CaptureReader
+    hasher: FileHasher | None = None
+    if parallel:
+        reader = PreparedReader(
+            path, pipe.prep_settings, chunk_bytes=CHUNK_BYTES, hash_file=hash_file
+        )
+        step: Callable[[Any], object] = pipe.apply
+    else:
+        reader = open_capture(path, chunk_bytes=CHUNK_BYTES)
+        if hash_file:
+            hasher = FileHasher(path)
+            reader = open_capture(path, chunk_bytes=CHUNK_BYTES, tap=hasher.tap)
+        step = pipe.feed
+    try:
+        kept = _run(pipe, reader, step, progress, series_sink)
+    finally:
+        if hasher is not None:
+            hasher.close()
+    digest: tuple[str, int] | str | None = None
+    if isinstance(reader, PreparedReader):
+        digest = reader.digest
+    elif hasher is not None:
+        try:
+            digest = hasher.finish()
+        except OSError as exc:
+            digest = f"cannot read it again: {exc.strerror or exc}"
+    return AnalysisResult(
+        path=os.fspath(path),
+        devices=pipe.devices(),
+        endpoint_names=pipe.endpoint_names(),
+        flows=pipe.flows(),
+        uploads=pipe.uploads(),
+        stats=pipe.stats,
+        read_report=reader.report,
+        series=kept,
+        digest=digest,
+    )
+
+
+def _run(
+    pipe: Pipeline,
+    reader: PreparedReader | CaptureReader,
+    step: Callable[[Any], object],
+    progress: ProgressFn | None,
+    series_sink: SeriesSink | None,
+) -> list[SeriesPoint]:
     kept: list[SeriesPoint] = []
-    for batch in reader:
-        pipe.feed(batch)
+    for item in reader:
+        step(item)
         settled = pipe.drain_series()
         if series_sink is not None:
             if settled:
@@ -70,13 +175,4 @@ def analyze_file(
     else:
         kept.extend(rest)
     pipe.stats.problems.extend(pipe.slow.stats.samples)
-    return AnalysisResult(
-        path=os.fspath(path),
-        devices=pipe.devices(),
-        endpoint_names=pipe.endpoint_names(),
-        flows=pipe.flows(),
-        uploads=pipe.uploads(),
-        stats=pipe.stats,
-        read_report=reader.report,
-        series=kept,
-    )
+    return kept

@@ -97,9 +97,15 @@ def detect_format(first_bytes: bytes) -> Literal["pcap", "pcapng"] | None:
     return None
 
 
-def open_capture(path: str | os.PathLike[str], *, chunk_bytes: int = 4 << 20) -> CaptureReader:
-    """A reader for ``path``; raises CaptureFormatError if it is not a readable capture."""
-    return CaptureReader(path, chunk_bytes=chunk_bytes)
+ChunkTap = Callable[[int, bytes], None]  # (file offset, bytes read there)
+
+
+def open_capture(
+    path: str | os.PathLike[str], *, chunk_bytes: int = 4 << 20, tap: ChunkTap | None = None
+) -> CaptureReader:
+    """A reader for ``path``; raises CaptureFormatError if it is not a readable capture.
+    ``tap`` sees every chunk read (chunks may overlap: a cut record is read again)."""
+    return CaptureReader(path, chunk_bytes=chunk_bytes, tap=tap)
 
 
 class _Problems:
@@ -691,9 +697,13 @@ def _read_at(fh: BinaryIO, offset: int, size: int) -> bytes:
 class CaptureReader:
     """Iterate over a capture file as ``FrameBatch`` objects; see ``report`` for what happened."""
 
-    def __init__(self, path: str | os.PathLike[str], *, chunk_bytes: int = 4 << 20) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, chunk_bytes: int = 4 << 20,
+        tap: ChunkTap | None = None,
+    ) -> None:
         self.path = os.fspath(path)
         self._chunk = max(int(chunk_bytes), 256)
+        self._tap = tap
         try:
             with open(self.path, "rb") as fh:
                 size = os.fstat(fh.fileno()).st_size
@@ -749,7 +759,10 @@ class CaptureReader:
     def _read(self, fh: BinaryIO, report: ReadReport, problems: _Problems) -> Iterator[FrameBatch]:
         fmt: _Format
         if self._fmt_name == "pcap":
-            fmt = _Pcap(fh.read(24), problems)
+            header = fh.read(24)
+            if self._tap is not None:
+                self._tap(0, header)
+            fmt = _Pcap(header, problems)
             base = 24
         else:
             fmt = _PcapNg(problems)
@@ -763,6 +776,8 @@ class CaptureReader:
                 problems.add("io", base, f"read error at byte {base}: {exc.strerror or exc}")
                 report.stopped_early = True
                 return
+            if self._tap is not None:
+                self._tap(base, buf)
             at_eof = len(buf) < want
             fmt.file_base = base
             start = 0

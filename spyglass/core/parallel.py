@@ -1,0 +1,122 @@
+"""Read and prepare a capture file in a second process, so a file uses two cores.
+
+The worker does everything that depends on one batch alone — reading, record walking, decode,
+:func:`spyglass.core.prepare.prepare` — and sends each batch's compact aggregates through a pipe
+(a few hundred KB at most); the calling process keeps the state (flows, devices, names, the
+detector). The pipe's own buffer bounds how far the worker runs ahead, so memory stays flat.
+Results are the same as feeding the batches in one process: both run the same two halves.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import warnings
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+from typing import Any
+
+from spyglass.core.capfile import CaptureFormatError, ReadReport, open_capture
+from spyglass.core.filehash import FileHasher
+from spyglass.core.prepare import Prepared, Preparer, PrepSettings
+
+__all__ = ["PreparedReader", "WorkerFailed"]
+
+
+class WorkerFailed(Exception):
+    """The reader process stopped without finishing (killed, out of memory, a bug)."""
+
+
+def _work(
+    conn: Connection, path: str, chunk_bytes: int, settings: PrepSettings, hash_file: bool
+) -> None:
+    hasher = FileHasher(path) if hash_file else None
+    try:
+        reader = open_capture(path, chunk_bytes=chunk_bytes, tap=hasher.tap if hasher else None)
+        prep = Preparer(settings)
+        for batch in reader:
+            conn.send(("batch", prep(batch), reader.bytes_read))
+        digest: tuple[str, int] | str | None = None
+        if hasher is not None:
+            try:
+                digest = hasher.finish()
+            except OSError as exc:
+                digest = f"cannot read it again: {exc.strerror or exc}"
+        conn.send(("end", (reader.report, digest), reader.bytes_read))
+    except CaptureFormatError as exc:
+        conn.send(("format", (exc.path, exc.offset, exc.reason), 0))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides
+        conn.send(("error", f"{type(exc).__name__}: {exc}", 0))
+    finally:
+        if hasher is not None:
+            hasher.close()
+        conn.close()
+
+
+class PreparedReader:
+    """Iterate over a file's :class:`Prepared` batches, made by a worker process.
+
+    After the iteration, ``report`` is the reader's :class:`ReadReport` (and ``digest`` the file's
+    sha256 and size, with ``hash_file``). Raises
+    :class:`CaptureFormatError` as :func:`open_capture` does, and :class:`WorkerFailed` when the
+    worker dies; both before any batch, or mid-file for the latter.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], settings: PrepSettings, *, chunk_bytes: int,
+        hash_file: bool = False,
+    ) -> None:
+        self.path = os.fspath(path)
+        probe = open_capture(self.path, chunk_bytes=chunk_bytes)  # format errors here, at once
+        self.report: ReadReport = probe.report
+        self.bytes_read = 0
+        self.file_size = probe.file_size
+        self._settings = settings
+        self._chunk = chunk_bytes
+        self._hash = hash_file
+        # With hash_file: (sha256, size) after the iteration, or why the file could not be hashed.
+        self.digest: tuple[str, int] | str | None = None
+
+    def __iter__(self) -> Iterator[Prepared]:
+        ctx = multiprocessing.get_context("fork")  # no re-import: the worker starts at once
+        recv, send = ctx.Pipe(duplex=False)
+        proc = ctx.Process(
+            target=_work, args=(send, self.path, self._chunk, self._settings, self._hash),
+            daemon=True,
+        )
+        with warnings.catch_warnings():
+            # A caller's other threads (a hashing thread) hold nothing the child touches: it
+            # only reads the file and runs numpy on its own arrays.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            proc.start()
+        send.close()
+        try:
+            yield from self._receive(recv)
+        finally:
+            recv.close()
+            if proc.is_alive():
+                proc.terminate()
+            proc.join()
+
+    def _receive(self, recv: Connection) -> Iterator[Prepared]:
+        while True:
+            try:
+                kind, value, bytes_read = recv.recv()
+            except (EOFError, OSError) as exc:
+                raise WorkerFailed(f"{self.path}: the reader process stopped ({exc!r})") from exc
+            if kind == "batch":
+                self.bytes_read = bytes_read
+                yield value
+            elif kind == "end":
+                self.report, self.digest = value
+                self.bytes_read = bytes_read
+                return
+            elif kind == "format":
+                raise CaptureFormatError(*_format_args(value))
+            else:
+                raise WorkerFailed(f"{self.path}: the reader process failed: {value}")
+
+
+def _format_args(value: Any) -> tuple[str, int, str]:
+    path, offset, reason = value
+    return str(path), int(offset), str(reason)
