@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from spyglass.core.frames import F64, I32, I64, U8, U16, FrameBatch
+from spyglass.core.lanes import LaneFinder
 
 __all__ = [
     "MAX_CAPLEN",
@@ -337,12 +338,16 @@ class _Pcap(_Format):
         self._hdr = struct.Struct(order + "IIII").unpack_from
         self._problems = problems
         self._scratch = _Scratch()
+        self._lanes = LaneFinder(order, self._cap_limit, _MAX_WIRE)
 
     def walk(self, buf: bytes, start: int) -> _Walk:
         end = len(buf)
         cand = np.zeros(0, np.int64)
         nxt = cand
-        if end - start >= 32:
+        lanes = self._lanes.find(buf, start)
+        if lanes is not None:
+            cand, nxt, brk = self._scratch.chain(lanes[0], lanes[1], start)
+        elif end - start >= 32:
             # Every header in a file shares the top byte of its seconds; look for that byte.
             top = 3 if self._order == "<" else 0
             cand = self._scratch.find(buf, start + top, end - 16 + top, buf[start + top]) - top

@@ -1,0 +1,130 @@
+"""Lane-found record candidates: the reader gives exactly what the full byte scan gives."""
+
+from __future__ import annotations
+
+import random
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spyglass.core import lanes
+from spyglass.core.capfile import ReadReport, open_capture
+from spyglass.core.lanes import LaneFinder
+from tests.core.test_capfile import pcap_bytes
+
+Frames = tuple[list[bytes], np.ndarray, np.ndarray, ReadReport]
+
+
+def read(path: Path, chunk: int, *, use_lanes: bool, monkeypatch: pytest.MonkeyPatch) -> Frames:
+    with monkeypatch.context() as m:
+        if not use_lanes:
+            m.setattr(LaneFinder, "find", lambda self, buf, start: None)
+        reader = open_capture(path, chunk_bytes=chunk)
+        frames: list[bytes] = []
+        ts: list[np.ndarray] = []
+        wire: list[np.ndarray] = []
+        for b in reader:
+            for o, c in zip(b.offset.tolist(), b.caplen.tolist(), strict=True):
+                frames.append(bytes(b.buf[o : o + c]))
+            ts.append(b.ts)
+            wire.append(b.wirelen)
+        cat = np.concatenate
+        return frames, cat(ts) if ts else np.zeros(0), cat(wire) if wire else np.zeros(0), \
+            reader.report
+
+
+def same_either_way(
+    path: Path, chunk: int, monkeypatch: pytest.MonkeyPatch, *, lanes_used: bool = False
+) -> Frames:
+    used: list[bool] = []
+    real = LaneFinder.find
+
+    def spy(self: LaneFinder, buf: bytes, start: int) -> tuple[np.ndarray, np.ndarray] | None:
+        out = real(self, buf, start)
+        used.append(out is not None)
+        return out
+
+    with monkeypatch.context() as m:
+        m.setattr(LaneFinder, "find", spy)
+        a = read(path, chunk, use_lanes=True, monkeypatch=monkeypatch)
+    if lanes_used:
+        assert any(used)
+    b = read(path, chunk, use_lanes=False, monkeypatch=monkeypatch)
+    assert a[0] == b[0]
+    assert np.array_equal(a[1], b[1]) and np.array_equal(a[2], b[2])
+    assert a[3] == b[3]
+    return a
+
+
+def fake_header_payload(rng: random.Random, ts: int, n: int) -> bytes:
+    """A payload full of byte strings that look like record headers of the same second."""
+    out = bytearray(rng.randbytes(n))
+    for at in range(0, max(n - 16, 0), rng.randint(20, 90)):
+        out[at : at + 16] = struct.pack("<IIII", ts, 0, rng.randint(1, 1500), 1500)
+    return bytes(out)
+
+
+def packets(rng: random.Random, count: int, t0: float, *, fakes: bool = False,
+            big_every: int = 0) -> list[tuple[float, bytes]]:
+    out = []
+    t = t0
+    for i in range(count):
+        t += rng.random() * 0.01
+        size = rng.choice([60, 66, 120, 400, 1514]) if not big_every or i % big_every else 60000
+        frame = fake_header_payload(rng, int(t), size) if fakes else rng.randbytes(size)
+        out.append((t, frame))
+    return out
+
+
+@pytest.mark.parametrize("chunk", [64 << 10, 1 << 20])
+def test_plain_capture(tmp_path: Path, chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = tmp_path / "a.pcap"
+    p.write_bytes(pcap_bytes(packets(random.Random(1), 3000, 1_700_000_000.0)))
+    frames = same_either_way(p, chunk, monkeypatch, lanes_used=True)[0]
+    assert len(frames) == 3000
+
+
+def test_payloads_that_look_like_headers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = tmp_path / "fakes.pcap"
+    p.write_bytes(pcap_bytes(packets(random.Random(2), 2000, 1_700_000_000.0, fakes=True)))
+    assert len(same_either_way(p, 1 << 20, monkeypatch)[0]) == 2000
+
+
+def test_second_byte_changes_mid_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 65536-s boundary: the timestamp's second-highest byte changes.
+    t0 = float((1_700_000_000 // 65536 + 1) * 65536) - 5
+    p = tmp_path / "roll.pcap"
+    p.write_bytes(pcap_bytes(packets(random.Random(3), 3000, t0)))
+    assert len(same_either_way(p, 1 << 20, monkeypatch)[0]) == 3000
+
+
+def test_records_larger_than_lanes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = tmp_path / "big.pcap"
+    p.write_bytes(pcap_bytes(packets(random.Random(4), 600, 1_700_000_000.0, big_every=3)))
+    assert len(same_either_way(p, 1 << 20, monkeypatch)[0]) == 600
+
+
+@pytest.mark.parametrize("at", [0.3, 0.5, 0.9])
+def test_corrupt_middle(tmp_path: Path, at: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = bytearray(pcap_bytes(packets(random.Random(5), 3000, 1_700_000_000.0)))
+    cut = int(len(data) * at)
+    data[cut : cut + 64] = b"\xff" * 64
+    p = tmp_path / "bad.pcap"
+    p.write_bytes(bytes(data))
+    same_either_way(p, 1 << 20, monkeypatch)
+
+
+def test_lanes_are_used_on_a_large_chunk() -> None:
+    rng = random.Random(6)
+    data = pcap_bytes(packets(rng, 2000, 1_700_000_000.0))[24:]
+    found = LaneFinder("<", 262144, 1 << 24).find(data, 0)
+    assert found is not None
+    cand, nxt = found
+    assert cand[0] == 0 and int((nxt - cand).sum()) >= lanes.MIN_COVER * len(data)
+
+
+def test_real_captures(captures: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for path in sorted(captures.glob("*.pcap*"))[:30]:
+        same_either_way(path, 256 << 10, monkeypatch)
