@@ -31,6 +31,7 @@ MODES = ("passive", "gateway", "intercept")
 WRITE_EVERY_S = 1.0
 RETRY_STORE_S = 5.0
 REOPEN_EVERY_S = 2.0
+DISCOVERY_WINDOW_S = 30.0  # capture everything this long at start, then only watched devices
 MAX_PENDING_SERIES = 600_000  # ~ 10 min of 1000 device/remote pairs; oldest dropped past that
 
 
@@ -45,6 +46,8 @@ class AgentConfig:
     watch_all: bool = False
     watch: list[str] = field(default_factory=list)  # MACs the user added
     ring: bool = True
+    targets: list[str] = field(default_factory=list)  # intercept mode: device IPs
+    router: str | None = None  # intercept mode: the router's IP (default: the default route)
 
 
 @dataclass(slots=True)
@@ -62,6 +65,23 @@ class _Pending:
         while len(self.series) > MAX_PENDING_SERIES:
             self.series.popleft()
             self.dropped_series += 1
+
+
+def default_router(ifname: str) -> str | None:
+    """The IPv4 default gateway reached through ``ifname``, from ``ip -j route``."""
+    import json
+    import subprocess
+
+    out = subprocess.run(["ip", "-j", "-4", "route", "show", "default", "dev", ifname],
+                         capture_output=True, text=True, check=False)
+    try:
+        routes = json.loads(out.stdout or "[]")
+    except ValueError:
+        return None
+    for r in routes:
+        if r.get("gateway"):
+            return str(r["gateway"])
+    return None
 
 
 class Agent:
@@ -121,8 +141,25 @@ class Agent:
         self._set(lan=lan, db=str(store.path), watched=sorted(watch.macs()))
         backend = StoreBackend(store, self.status)
         self.server = AgentServer(cfg.socket_path, backend, group=cfg.socket_group)
-        self.server.start()
-        cap = open_capture_source(cfg.interface, watch.filter_expression(), ring=cfg.ring)
+        interceptor = self._start_intercept() if cfg.mode == "intercept" else None
+        if interceptor is not None:
+            # Each intercepted packet crosses this interface twice; "ether host TARGET" keeps
+            # exactly the copy on the target's side of us in each direction.
+            for mac in interceptor.targets.values():
+                watch.add(mac, by_user=True)
+            self._set(watched=sorted(watch.macs()))
+        try:
+            # Devices that were already talking announce themselves only now and then (ARP
+            # every few minutes): see everything for a while so they are found at once.
+            cap = open_capture_source(cfg.interface, None, ring=cfg.ring)
+            self.server.start()  # only now: "the agent answers" means "the agent captures"
+        except BaseException:
+            if interceptor is not None:
+                interceptor.close()
+            backend.close()
+            store.close()
+            raise
+        narrow_at: float | None = time.monotonic() + DISCOVERY_WINDOW_S
         log.info("capturing on %s (%s mode), LAN %s, API on %s", cfg.interface, cfg.mode,
                  ", ".join(lan), cfg.socket_path)
         self._set(state="capturing", started=time.time())
@@ -137,14 +174,16 @@ class Agent:
                 except InterfaceGone as gone:
                     self._problem("interface", f"capture: {gone}; retrying every "
                                   f"{REOPEN_EVERY_S:.0f} s")
-                    cap = self._reopen(cap)
-                    if cap is None:
+                    if not self._reopen(cap):
                         break
                     self._clear_problem("interface")
                     continue
                 done = pipe.feed(batch) if len(batch) else pipe.advance(time.time())
                 pending.uploads.extend(done)
-                self._events(pipe, watch, cap)
+                if narrow_at is not None and time.monotonic() >= narrow_at:
+                    narrow_at = None
+                    self._apply_filter(cap, watch)
+                self._events(pipe, watch, cap, narrowed=narrow_at is None)
                 now = time.monotonic()
                 if now >= next_write:
                     next_write = now + (WRITE_EVERY_S if store_ok else RETRY_STORE_S)
@@ -163,6 +202,8 @@ class Agent:
             pending.uploads.extend(pipe.flush())
             pending.add_series(pipe.drain_series(final=True))
             self._write(store, capture_id, pipe, pending)
+            if interceptor is not None:
+                interceptor.close()  # restores the devices' and the router's ARP entries
             cap.close()
             self.server.stop()
             backend.close()
@@ -170,18 +211,50 @@ class Agent:
             log.info("stopped: %d packets, %d uploads", pipe.stats.packets, len(pipe.uploads()))
         return 0
 
-    def _reopen(self, cap: Any) -> Any:
+    def _start_intercept(self) -> Any:
+        """ARP-intercept the chosen devices; every exit of run() restores them, and a watchdog
+        process restores them if this process is killed outright."""
+        from spyglass.capture.intercept import Interceptor
+
+        cfg = self.cfg
+        if not cfg.targets:
+            raise ValueError("intercept mode needs at least one --target IP")
+        router = cfg.router or default_router(cfg.interface)
+        if router is None:
+            raise ValueError(f"no default route via {cfg.interface}: give --router IP")
+        icpt = Interceptor(cfg.interface, router)
+        for ip in cfg.targets:
+            icpt.add(ip)
+        try:
+            icpt.start()  # refuses (InterceptConflict) when another host already intercepts
+        except BaseException:
+            icpt.close()
+            raise
+        self._set(intercepting=sorted(cfg.targets), router=router)
+        log.info("intercepting %s (router %s)", ", ".join(cfg.targets), router)
+        return icpt
+
+    def _reopen(self, cap: Any) -> bool:
+        """Retry until the interface is back (True) or the agent is told to stop (False)."""
         while not self.stop_event.wait(REOPEN_EVERY_S):
             try:
                 cap.reopen(attempts=1, delay_s=0.0)
-                return cap
+                return True
             except InterfaceGone:
                 continue
             except OSError as e:
                 log.debug("reopen failed: %s", e)
-        return None
+        return False
 
-    def _events(self, pipe: Pipeline, watch: WatchSet, cap: Any) -> None:
+    def _apply_filter(self, cap: Any, watch: WatchSet) -> None:
+        log.info("watching %s", ", ".join(sorted(watch.macs())) or "nothing yet (discovery only)")
+        try:
+            attach_filter(cap.fileno(), watch.filter_expression())
+        except (OSError, ValueError) as e:
+            self._problem("filter", f"capture filter not updated: {e}")
+        self._set(watched=sorted(watch.macs()))
+
+    def _events(self, pipe: Pipeline, watch: WatchSet, cap: Any, *, narrowed: bool) -> None:
         """Device and upload-started events, and the watch list following identification."""
         new = pipe.inventory.pop_new()
         changed = False
@@ -194,11 +267,10 @@ class Agent:
                 if mac in devices:
                     self._publish("device_seen", device_to_dict(devices[mac]))
         if changed:
-            try:
-                attach_filter(cap.fileno(), watch.filter_expression())
-            except (OSError, ValueError) as e:
-                self._problem("filter", f"capture filter not updated: {e}")
-            self._set(watched=sorted(watch.macs()))
+            if narrowed:
+                self._apply_filter(cap, watch)
+            else:
+                self._set(watched=sorted(watch.macs()))
         for key, start in pipe.detector.in_progress():
             if key not in self._announced_starts:
                 self._announced_starts.add(key)

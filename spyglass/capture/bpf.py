@@ -30,7 +30,10 @@ class BpfProgram:
 
     def pack(self) -> bytes:
         """The instructions as a C ``struct sock_filter[]``."""
-        return b"".join(struct.pack("=HBBI", *insn) for insn in self.insns)
+        # libpcap hands out k as a signed int for constants >= 2**31 (e.g. MAC halves).
+        return b"".join(
+            struct.pack("=HBBI", c, jt, jf, k & 0xFFFFFFFF) for c, jt, jf, k in self.insns
+        )
 
 
 def compile_filter(expression: str, linktype: int = 1) -> BpfProgram:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import ipaddress
 import json
 import logging
@@ -38,6 +39,10 @@ def _add_agent(subparsers: Any) -> None:
                    help="also capture this device's traffic (repeatable)")
     p.add_argument("--watch-all", action="store_true",
                    help="capture every device's traffic, not just speakers'")
+    p.add_argument("--target", action="append", default=[], metavar="IP",
+                   help="intercept mode: a device to intercept (repeatable)")
+    p.add_argument("--router", metavar="IP",
+                   help="intercept mode: the router (default: the interface's default gateway)")
     p.add_argument("--no-ring", action="store_true", help="don't use the mmap ring buffer")
     p.add_argument("--verbose", "-v", action="store_true")
 
@@ -59,9 +64,12 @@ def _run_agent(args: argparse.Namespace) -> int:
             print(f"spyglass agent: --lan {cidr!r} is not a network (e.g. 192.168.1.0/24)",
                   file=sys.stderr)
             return 2
-    if args.mode == "intercept":
-        print("spyglass agent: intercept mode is not available in this version; use gateway "
-              "mode on the router or a mirror port with passive mode", file=sys.stderr)
+    if args.mode == "intercept" and not args.target:
+        print("spyglass agent: intercept mode needs --target IP for each device to intercept",
+              file=sys.stderr)
+        return 2
+    if args.target and args.mode != "intercept":
+        print("spyglass agent: --target only makes sense with --mode intercept", file=sys.stderr)
         return 2
     from spyglass.agent.runner import Agent, AgentConfig
 
@@ -70,6 +78,7 @@ def _run_agent(args: argparse.Namespace) -> int:
         socket_path=args.socket or Path(default_socket_path()), db_path=args.db,
         socket_group=args.group, watch_all=args.watch_all,
         watch=[m.lower() for m in args.watch], ring=not args.no_ring,
+        targets=args.target, router=args.router,
     )
     try:
         agent = Agent(cfg)
@@ -81,11 +90,14 @@ def _run_agent(args: argparse.Namespace) -> int:
         logging.getLogger("spyglass.agent").info("signal %d: stopping", signum)
         agent.stop_event.set()
 
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1` dumps every thread's stack: hangs
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    from spyglass.capture.intercept import InterceptError
+
     try:
         return agent.run()
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, InterceptError) as e:
         print(f"spyglass agent: {e}", file=sys.stderr)
         return 1
 

@@ -12,10 +12,12 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from spyglass.api.client import AgentClient, AgentUnavailable
+from spyglass.api.client import AgentClient
+from tests.agent import running
 from tests.netlab.lan import DNS_IP, VENDOR_HOSTS, HomeLan, build_query, lan_or_skip
 
 pytestmark = pytest.mark.root
@@ -30,26 +32,9 @@ def lab() -> Iterator[HomeLan]:
         yield lan
 
 
-def start_agent(lab: HomeLan, tmp: Path, *extra: str) -> tuple[subprocess.Popen[bytes], Path]:
-    sock = tmp / "agent.sock"
-    proc = lab.popen(
-        lab.gateway, sys.executable, "-m", "spyglass", "agent", "-i", "lan0", "--mode", "gateway",
-        "--socket", str(sock), "--db", str(tmp / "agent.db"), *extra,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise AssertionError(f"agent exited: {err}")
-        try:
-            with AgentClient(str(sock), timeout=2) as c:
-                c.hello()
-            return proc, sock
-        except AgentUnavailable:
-            time.sleep(0.2)
-    proc.kill()
-    raise AssertionError("agent did not come up within 30 s")
+def start_agent(lab: HomeLan, tmp: Path, *extra: str) -> tuple[subprocess.Popen[Any], Path]:
+    return running.start_agent(lab.popen, lab.gateway, tmp, "-i", "lan0", "--mode", "gateway",
+                               *extra)
 
 
 def speak(lab: HomeLan, seconds: float = 3.0, record: int = 118, every: float = 0.02) -> None:
