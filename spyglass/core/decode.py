@@ -20,6 +20,7 @@ Conventions beyond frames.Decoded's docstrings:
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
 from typing import Any, Final
 
 import numpy as np
@@ -458,11 +459,15 @@ def _transport(head: _Head, out: _Out, end_all: I64) -> None:
 # ---- helpers for the rest of the code ------------------------------------------------------
 
 
+# A home has a few dozen MACs and a few thousand addresses, formatted again for every packet
+# of the slow path and every new flow: cache them.
+@lru_cache(maxsize=1 << 14)
 def mac_str(mac: int) -> str:
     """48-bit MAC integer as ``aa:bb:cc:dd:ee:ff``."""
-    return ":".join(f"{b:02x}" for b in int(mac).to_bytes(6, "big"))
+    return int(mac).to_bytes(6, "big").hex(":")
 
 
+@lru_cache(maxsize=1 << 16)
 def ip_str(hi: int, lo: int) -> str:
     """Address from its two 64-bit halves; IPv4-mapped addresses print as a dotted quad."""
     hi, lo = int(hi), int(lo)

@@ -24,8 +24,8 @@ from spyglass.core.proto import MalformedPayload
 from spyglass.core.proto.arp import parse_arp
 from spyglass.core.proto.dhcp import parse_dhcp
 from spyglass.core.proto.dns import parse_dns, resolve_chain
-from spyglass.core.proto.mdns import mdns_info
-from spyglass.core.proto.ssdp import parse_ssdp
+from spyglass.core.proto.mdns import MdnsInfo, mdns_info
+from spyglass.core.proto.ssdp import SsdpInfo, parse_ssdp
 from spyglass.core.proto.tls import client_hello_sni
 
 ETH_ARP = 0x0806
@@ -33,6 +33,7 @@ ETH_ARP = 0x0806
 _ARP_AT = {LINKTYPE_ETHERNET: 14, LINKTYPE_LINUX_SLL: 16, LINKTYPE_LINUX_SLL2: 20}
 UDP, TCP = 17, 6
 MAX_SAMPLES = 20  # malformed-payload messages kept verbatim; the rest are only counted
+MEMO_SIZE = 4096  # parsed announcements remembered (by payload)
 
 
 @dataclass(slots=True)
@@ -79,11 +80,21 @@ def select_rows(d: Decoded, arr: np.ndarray, up: np.ndarray) -> I64:
     return np.flatnonzero(mask)
 
 
+def _remember[T](memo: dict[bytes, T], key: bytes, value: T) -> None:
+    if len(memo) >= MEMO_SIZE:
+        memo.clear()
+    memo[key] = value
+
+
 class SlowPath:
     def __init__(self, inventory: Inventory, names: NameBook) -> None:
         self.inventory = inventory
         self.names = names
         self.stats = SlowPathStats()
+        # Announcements (mDNS, SSDP NOTIFY) repeat byte for byte every few seconds: parse once.
+        # The parsed objects are only read by the device identifier, so sharing them is safe.
+        self._mdns_memo: dict[bytes, tuple[MdnsInfo | None] | MalformedPayload] = {}
+        self._ssdp_memo: dict[bytes, SsdpInfo | MalformedPayload] = {}
 
     def select(self, d: Decoded, arr: np.ndarray, up: np.ndarray) -> I64:
         """See :func:`select_rows`."""
@@ -161,16 +172,23 @@ class SlowPath:
             self.inventory.identifier(mac, ts).add_domain(qname, "dns")
 
     def _mdns(self, d: Decoded, i: int, payload: bytes, ts: float) -> None:
-        try:
-            msg = parse_dns(payload)
-        except MalformedPayload as e:
-            self.stats.bad("mDNS", ts, e)
+        memo = self._mdns_memo.get(payload)
+        if memo is None:
+            try:
+                msg = parse_dns(payload)
+                useful = msg.is_response and (msg.answers or msg.additionals)
+                memo = (mdns_info(msg) if useful else None,)
+            except MalformedPayload as e:
+                memo = e
+            _remember(self._mdns_memo, payload, memo)
+        if isinstance(memo, MalformedPayload):
+            self.stats.bad("mDNS", ts, memo)
             return
         self._count("mdns")
-        if not msg.is_response or not (msg.answers or msg.additionals):
+        if memo[0] is None:
             return
         mac = mac_str(int(d.src_mac[i]))  # the announcer speaks about itself
-        self.inventory.identifier(mac, ts).add_mdns(mdns_info(msg))
+        self.inventory.identifier(mac, ts).add_mdns(memo[0])
 
     def _dhcp(self, payload: bytes, ts: float) -> None:
         try:
@@ -184,11 +202,17 @@ class SlowPath:
             self.inventory.add_ip(info.client_mac, info.your_ip, ts)
 
     def _ssdp(self, d: Decoded, i: int, payload: bytes, ts: float) -> None:
-        try:
-            info = parse_ssdp(payload)
-        except MalformedPayload as e:
-            self.stats.bad("SSDP", ts, e)
+        memo = self._ssdp_memo.get(payload)
+        if memo is None:
+            try:
+                memo = parse_ssdp(payload)
+            except MalformedPayload as e:
+                memo = e
+            _remember(self._ssdp_memo, payload, memo)
+        if isinstance(memo, MalformedPayload):
+            self.stats.bad("SSDP", ts, memo)
             return
+        info = memo
         self._count("ssdp")
         if info.method == "M-SEARCH":
             return  # a search says nothing about the searcher
