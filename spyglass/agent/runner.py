@@ -7,7 +7,9 @@ a second in one transaction, so a killed agent loses at most the last second.
 
 from __future__ import annotations
 
+import json
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -84,6 +86,11 @@ def default_router(ifname: str) -> str | None:
     return None
 
 
+def _set_verdict(store: Store, prm: dict[str, Any]) -> dict[str, Any]:
+    store.set_verdict(prm["upload"], prm["verdict"])
+    return {"upload": prm["upload"], "verdict": prm["verdict"]}
+
+
 class Agent:
     def __init__(self, cfg: AgentConfig, *, publish_hook: Callable[[str, dict[str, Any]], None]
                  | None = None) -> None:
@@ -99,6 +106,9 @@ class Agent:
             "devices": 0, "uploads": 0, "watched": [], "problems": [],
         }
         self.server: AgentServer | None = None
+        # Work the API's worker threads hand to the capture thread (which owns the pipeline,
+        # the watch list and the store's writer): (function, reply box).
+        self._commands: queue.Queue[tuple[Callable[[], Any], queue.Queue[Any]]] = queue.Queue()
         self._announced_starts: set[tuple[str, str, str, int, int]] = set()
 
     # -- status and events -------------------------------------------------------------
@@ -136,11 +146,17 @@ class Agent:
         capture_id = store.live_capture(cfg.interface)
         pipe = Pipeline(lan=lan, vendor_lookup=vendor_for_mac)
         watch = WatchSet(watch_all=cfg.watch_all)
-        for mac in cfg.watch:
+        for mac in [*cfg.watch, *json.loads(store.get_setting("watch", "[]") or "[]")]:
             watch.add(mac, by_user=True)
         self._set(lan=lan, db=str(store.path), watched=sorted(watch.macs()))
         backend = StoreBackend(store, self.status)
-        self.server = AgentServer(cfg.socket_path, backend, group=cfg.socket_group)
+        controls = {
+            "watch": lambda prm: self._call(lambda: self._watch(store, watch, cap, prm)),
+            "verdict": lambda prm: self._call(lambda: _set_verdict(store, prm)),
+            "sweep": lambda prm: self._sweep(),
+        }
+        self.server = AgentServer(cfg.socket_path, backend, group=cfg.socket_group,
+                                  controls=controls)
         interceptor = self._start_intercept() if cfg.mode == "intercept" else None
         if interceptor is not None:
             # Each intercepted packet crosses this interface twice; "ether host TARGET" keeps
@@ -178,6 +194,7 @@ class Agent:
                         break
                     self._clear_problem("interface")
                     continue
+                self._run_commands()
                 done = pipe.feed(batch) if len(batch) else pipe.advance(time.time())
                 pending.uploads.extend(done)
                 if narrow_at is not None and time.monotonic() >= narrow_at:
@@ -210,6 +227,47 @@ class Agent:
             store.close()
             log.info("stopped: %d packets, %d uploads", pipe.stats.packets, len(pipe.uploads()))
         return 0
+
+    # -- control ops (API worker threads → capture thread) --------------------------------
+    def _call(self, fn: Callable[[], Any], timeout_s: float = 5.0) -> Any:
+        box: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._commands.put((fn, box))
+        try:
+            ok, value = box.get(timeout=timeout_s)
+        except queue.Empty:
+            raise TimeoutError("the agent's capture loop did not answer in time") from None
+        if not ok:
+            raise value
+        return value
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                fn, box = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                box.put((True, fn()))
+            except KeyError as e:  # an unknown upload id
+                box.put((False, ValueError(str(e).strip("'\""))))
+            except (ValueError, StoreError) as e:
+                box.put((False, ValueError(str(e))))
+
+    def _watch(
+        self, store: Store, watch: WatchSet, cap: Any, prm: dict[str, Any]
+    ) -> dict[str, Any]:
+        mac, on = prm["device"], prm["on"]
+        changed = watch.add(mac, by_user=True) if on else watch.remove(mac)
+        store.set_setting("watch", json.dumps(sorted(watch.added)))
+        if changed:
+            self._apply_filter(cap, watch)
+        return {"device": mac, "watched": mac in watch.macs()}
+
+    def _sweep(self) -> dict[str, Any]:
+        from spyglass.capture.sweep import sweep
+
+        found = sweep(self.cfg.interface)  # replies pass the capture filter: devices appear
+        return {"found": len(found), "devices": found}
 
     def _start_intercept(self) -> Any:
         """ARP-intercept the chosen devices; every exit of run() restores them, and a watchdog

@@ -328,9 +328,13 @@ class AgentServer:
         mode: int = 0o660,
         queue_size: int = SUBSCRIBER_QUEUE,
         max_clients: int = MAX_CLIENTS,
+        controls: Mapping[str, Callable[[dict[str, Any]], Any]] | None = None,
     ) -> None:
         self.path = os.path.abspath(os.fspath(path))
         self.backend = backend
+        # Handlers of the ops that change something (protocol.CONTROL_OPS), run on a worker
+        # thread with the validated params; a ValueError becomes a bad_request reply.
+        self.controls: dict[str, Callable[[dict[str, Any]], Any]] = dict(controls or {})
         self.group = group
         self.mode = mode
         self.queue_size = queue_size
@@ -665,6 +669,8 @@ class AgentServer:
             return
         try:
             reply = p.encode(p.ok(req.id, await self._dispatch(conn, req)))
+        except p.ProtocolError as exc:
+            reply = p.encode(p.error(req.id, exc.code, exc.message))
         except Exception as exc:
             log.exception("API %s failed", req.op)
             reply = p.encode(p.error(req.id, p.INTERNAL, f"{req.op} failed: {exc}"))
@@ -727,6 +733,16 @@ class AgentServer:
                 params["device"], params["since"], params["until"], resolution,
             )
             return {"resolution_s": resolution, "points": points}
+        if op in p.CONTROL_OPS:
+            control = self.controls.get(op)
+            if control is None:
+                raise p.ProtocolError(
+                    p.UNKNOWN_OP, f"{op!r} is not available from this agent", req.id
+                )
+            try:
+                return await self._in_worker(control, params)
+            except ValueError as exc:
+                raise p.ProtocolError(p.BAD_REQUEST, f"{op}: {exc}", req.id) from None
         raise p.ProtocolError(p.UNKNOWN_OP, f"unknown op {op!r}", req.id)
 
     async def _in_worker(self, fn: Callable[..., Any], *args: Any) -> Any:

@@ -43,6 +43,14 @@ class WatchSet:
         target.add(mac)
         return True
 
+    def remove(self, mac: str) -> bool:
+        """Stop watching a device the user added (a speaker stays watched while it is one)."""
+        mac = mac.lower()
+        before = self.macs()
+        self.added.discard(mac)
+        self.speakers.discard(mac)
+        return self.macs() != before
+
     def filter_expression(self) -> str | None:
         """tcpdump syntax; None means no filter (capture everything)."""
         macs = sorted(self.macs())

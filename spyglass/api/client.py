@@ -165,6 +165,18 @@ class AgentClient:
         params = _without_none(device=device, since=since, until=until, resolution_s=resolution_s)
         return self._dict(self.request("series", **params))
 
+    def watch(self, device: str, on: bool = True) -> dict[str, Any]:
+        """Capture this device's full traffic too (``on=False``: stop); the agent remembers."""
+        return self._dict(self.request("watch", device=device, on=on))
+
+    def verdict(self, upload_id: int, verdict: str | None) -> dict[str, Any]:
+        """Mark an upload "me" (that was me), "nobody" (nobody spoke) or None (undecided)."""
+        return self._dict(self.request("verdict", upload=upload_id, verdict=verdict))
+
+    def sweep(self) -> dict[str, Any]:
+        """ARP-sweep the agent's LAN now: ``{"found": n, "devices": {ip: mac}}``."""
+        return self._dict(self.request("sweep"))
+
     def subscribe(
         self, events: list[str] | None = None, *, timeout: float | None = None
     ) -> Subscription:

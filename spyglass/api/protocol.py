@@ -39,7 +39,11 @@ MAX_SERIES_POINTS = 2000
 
 OPS: tuple[str, ...] = (
     "hello", "status", "devices", "uploads", "series", "subscribe", "unsubscribe",
+    "watch", "verdict", "sweep",
 )
+# Ops that change something: the server hands them to the agent's controls (see AgentServer).
+CONTROL_OPS: tuple[str, ...] = ("watch", "verdict", "sweep")
+VERDICTS: tuple[str, ...] = ("me", "nobody")
 # What a client may subscribe to; "dropped" is the server's own notice and always delivered.
 EVENTS: tuple[str, ...] = (
     "device_seen", "upload_started", "upload_ended", "capture_problem", "status",
@@ -74,6 +78,9 @@ _PARAMS: dict[str, frozenset[str]] = {
     "series": frozenset({"device", "since", "until", "resolution_s"}),
     "subscribe": frozenset({"events"}),
     "unsubscribe": frozenset(),
+    "watch": frozenset({"device", "on"}),
+    "verdict": frozenset({"upload", "verdict"}),
+    "sweep": frozenset(),
 }
 _ENVELOPE = frozenset({"v", "id", "op"})
 
@@ -227,6 +234,22 @@ def _check_params(op: str, params: dict[str, Any]) -> dict[str, Any]:
         }
     if op == "subscribe":
         return {"events": _events_param(params.get("events"))}
+    if op == "watch":
+        mac = _mac_param(params.get("device"))
+        if mac is None:
+            raise ValueError("'device' (a MAC) is required")
+        on = params.get("on", True)
+        if not isinstance(on, bool):
+            raise ValueError("'on' must be true or false")
+        return {"device": mac, "on": on}
+    if op == "verdict":
+        upload = params.get("upload")
+        if not isinstance(upload, int) or isinstance(upload, bool) or upload < 1:
+            raise ValueError("'upload' must be an upload id (a positive integer)")
+        verdict = params.get("verdict")
+        if verdict is not None and verdict not in VERDICTS:
+            raise ValueError(f"'verdict' must be one of {', '.join(VERDICTS)} or null")
+        return {"upload": upload, "verdict": verdict}
     return {}
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from spyglass.api.client import AgentClient
+from spyglass.api.client import AgentClient, AgentError
 from tests.agent import running
 from tests.netlab.lan import DNS_IP, VENDOR_HOSTS, HomeLan, build_query, lan_or_skip
 
@@ -97,6 +97,15 @@ def test_live_upload_reaches_api_and_store(lab: HomeLan, tmp_path: Path) -> None
     assert st["packets"] > 100 and st["kernel_drops"] == 0
     assert SPEAKER_MAC in st["watched"]
     assert SPEAKER_MAC in {d.mac for d in client.devices()}
+    # The tray app's verdict and watch buttons, through the API; the agent is the writer.
+    assert client.verdict(up.id, "me") == {"upload": up.id, "verdict": "me"}
+    assert client.uploads()[0].verdict == "me"
+    with pytest.raises(AgentError, match="no upload with id 999"):
+        client.verdict(999, "nobody")
+    assert client.watch("02:00:00:00:00:99")["watched"] is True
+    assert "02:00:00:00:00:99" in client.status()["watched"]
+    found = client.sweep()["devices"]
+    assert found.get("10.77.0.2") == SPEAKER_MAC
     sub.close()
     client.close()
     proc.send_signal(signal.SIGTERM)
@@ -111,7 +120,7 @@ def test_kill_9_leaves_a_clean_store(lab: HomeLan, tmp_path: Path) -> None:
     lab.start_tls_server()
     proc, sock = start_agent(lab, tmp_path)
     speak(lab, seconds=2.0)
-    time.sleep(3.0)  # the upload is written within a second of being judged
+    time.sleep(5.0)  # judged 1 s after the stream, released after 1.8 s, written within 1 s
     proc.kill()
     proc.wait(timeout=10)
     db = sqlite3.connect(tmp_path / "agent.db")

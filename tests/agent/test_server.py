@@ -12,6 +12,7 @@ import pytest
 
 from spyglass import __version__
 from spyglass.agent.server import AgentServer, AgentServerError, StoreBackend
+from spyglass.api import protocol as p
 from spyglass.api.client import AgentClient
 from spyglass.core.models import Device, SeriesPoint
 from spyglass.store.db import Store, StoreError
@@ -30,7 +31,7 @@ def test_hello(raw: Raw) -> None:
             "server": "spyglass-agent",
             "version": __version__,
             "protocol": [1],
-            "ops": ["hello", "status", "devices", "uploads", "series", "subscribe", "unsubscribe"],
+            "ops": list(p.OPS),
             "events": ["device_seen", "upload_started", "upload_ended", "capture_problem",
                        "status"],
         },
