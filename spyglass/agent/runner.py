@@ -197,6 +197,8 @@ class Agent:
                 self._run_commands()
                 done = pipe.feed(batch) if len(batch) else pipe.advance(time.time())
                 pending.uploads.extend(done)
+                if done and store_ok:
+                    next_write = 0.0  # an upload is news: store and announce it now
                 if narrow_at is not None and time.monotonic() >= narrow_at:
                     narrow_at = None
                     self._apply_filter(cap, watch)

@@ -14,7 +14,7 @@ bytes, and downstream frame bytes. A run of activity on a flow ends after ``gap_
 upstream media; a run is an upload when it filled at least ``min_active_bins`` bins with media
 and carried at least ``min_bytes`` and ``min_packets``; one device's uploads less than
 ``merge_gap_s`` apart are one utterance. Decision latency: a run is judged ``gap_s`` (1 s) after
-its last media packet and reported once ``merge_gap_s`` (1.8 s) has passed with nothing to merge,
+its last media packet and reported once ``merge_gap_s`` (1.5 s) has passed with nothing to merge,
 so a live upload is reported under 2 s after it ends; that it is under way is known once
 ``min_active_bins`` bins (1.2 s) have filled.
 """
@@ -42,7 +42,7 @@ class DetectorConfig:
     min_active_bins: int = 12  # >= 1.2 s of 100-ms slots carrying media (voice in data: >= 16)
     min_bytes: int = 10_000  # upstream frame bytes in the run
     min_packets: int = 30  # upstream media packets in the run
-    merge_gap_s: float = 1.8  # one device's streams closer than this are one utterance
+    merge_gap_s: float = 1.5  # one device's streams closer than this are one utterance
     max_duration_s: float = 90.0  # longer streams are calls or cameras, not an utterance
     answer_window_s: float = 1.0  # downstream bytes this close to the stream's end = a reply
     answer_min_bytes: int = 1_000

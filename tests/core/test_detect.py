@@ -34,8 +34,8 @@ def test_sustained_stream_is_an_upload_with_every_field_filled() -> None:
     det = UploadDetector(hint_for(Role.VOICE, name="bob-dispatch-prod-na.amazon.com"))
     assert stream(det, KEY, 1000.0, 2.0) == []
     assert det.advance(1001.5) == []  # not idle long enough yet
-    assert det.advance(1003.5) == []  # judged, but a follow-on could still merge
-    (up,) = det.advance(1004.0)
+    assert det.advance(1003.3) == []  # judged, but a follow-on could still merge
+    (up,) = det.advance(1003.6)
     assert up.device_mac == KEY[0] and up.remote_ip == KEY[1]
     assert up.start == 1000.0 and abs(up.end - 1002.0) < 1e-9
     assert up.bytes_up == 20 * 6 * 172
@@ -72,7 +72,7 @@ def test_metrics_endpoint_and_non_speaker_are_not_reported() -> None:
 def test_pause_shorter_than_gap_keeps_one_upload_longer_splits() -> None:
     det = UploadDetector(hint_for())
     stream(det, KEY, 0.0, 2.0)
-    stream(det, KEY, 3.5, 2.0)  # 1.6 s pause: same utterance
+    stream(det, KEY, 3.3, 2.0)  # 1.4 s pause: same utterance
     stream(det, KEY, 10.0, 2.0)  # a new one
     ups = det.flush()
     assert [round(u.start, 1) for u in ups] == [0.0, 10.0]
