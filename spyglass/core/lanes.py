@@ -16,6 +16,8 @@ garbage) the caller falls back to the full scan.
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import numpy.typing as npt
 
@@ -25,6 +27,7 @@ LANE_BYTES = 4096  # distance between lane starts
 WINDOW = 256  # bytes searched for a record start at each lane start
 MAX_STEPS = 2048  # lock-step bound; a chunk needing more falls back to the scan
 MIN_COVER = 0.9  # share of the chunk the lanes must span to be used
+TAIL_LANES = 8  # this few lanes left: finish them record by record
 
 
 def _gather16(arr: npt.NDArray[np.uint8], pos: I64) -> npt.NDArray[np.void]:
@@ -77,7 +80,7 @@ class LaneFinder:
         pos = syncs
         stop = np.append(syncs[1:], end)
         steps = 0
-        while pos.size:
+        while pos.size > TAIL_LANES:
             steps += 1
             if steps > MAX_STEPS:
                 return None
@@ -86,6 +89,10 @@ class LaneFinder:
             nxt_parts.append(nxt[ok])
             go = ok & (nxt < stop) & (nxt + 16 <= end)
             pos, stop = nxt[go], stop[go]
+        if pos.size:
+            tail_cand, tail_nxt = self._tail(buf, pos.tolist(), stop.tolist(), t3, t2)
+            cand_parts.append(tail_cand)
+            nxt_parts.append(tail_nxt)
         cand_all = np.concatenate(cand_parts)
         nxt_all = np.concatenate(nxt_parts)
         cand, first = np.unique(cand_all, return_index=True)
@@ -93,6 +100,33 @@ class LaneFinder:
         if int((nxt - cand).sum()) < MIN_COVER * span:
             return None
         return cand, nxt
+
+    def _tail(
+        self, buf: bytes, starts: list[int], stops: list[int], t3: int, t2: int
+    ) -> tuple[I64, I64]:
+        """The last few lanes, record by record: cheaper than numpy steps over a handful."""
+        end = len(buf)
+        head = struct.Struct(self.order + "IIII").unpack_from
+        top, second, limit, max_wire = self.top, self.second, self.cap_limit, self.max_wire
+        cand: list[int] = []
+        nxt: list[int] = []
+        for pos, stop in zip(starts, stops, strict=True):
+            steps = 0
+            while pos + 16 <= end and steps < MAX_STEPS:
+                steps += 1
+                _sec, _frac, caplen, wirelen = head(buf, pos)
+                after = pos + 16 + caplen
+                if not (
+                    0 < caplen <= limit and after <= end and caplen <= wirelen <= max_wire
+                    and buf[pos + top] == t3 and buf[pos + second] == t2
+                ):
+                    break
+                cand.append(pos)
+                nxt.append(after)
+                if after >= stop:
+                    break
+                pos = after
+        return np.array(cand, np.int64), np.array(nxt, np.int64)
 
     def _syncs(
         self, arr: npt.NDArray[np.uint8], start: int, end: int, t3: int, t2: int
