@@ -10,29 +10,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import grp
-import json
 import logging
-import math
 import os
 import pwd
 import socket
-import sqlite3
 import stat
-import struct
 import threading
-import urllib.parse
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
-
-from sqlite_utils import Database
+from typing import Any
 
 from spyglass import __version__
+from spyglass.agent.backend import Backend, StoreBackend
+from spyglass.agent.peercred import group_name, in_group, peer_credentials
+from spyglass.agent.subscriber import Subscriber, wake_all
 from spyglass.api import protocol as p
 from spyglass.core.models import Device, Upload
-from spyglass.store.db import Store, StoreError
+
+# Importable from here as before they moved to backend.py and peercred.py.
+__all__ = [
+    "MAX_CLIENTS",
+    "SUBSCRIBER_QUEUE",
+    "AgentServer",
+    "AgentServerError",
+    "Backend",
+    "StoreBackend",
+    "peer_credentials",
+]
 
 log = logging.getLogger(__name__)
 
@@ -48,260 +53,15 @@ class AgentServerError(Exception):
     """The server could not start (socket in use, bad path, unknown group...)."""
 
 
-class Backend(Protocol):
-    """Where the API's data comes from. Called from worker threads, never the capture thread."""
-
-    def status(self) -> dict[str, Any]: ...
-
-    def devices(self) -> Sequence[Device]: ...
-
-    def uploads(
-        self, device: str | None, since: float | None, until: float | None
-    ) -> Sequence[Upload]: ...
-
-    def series(
-        self, device: str | None, since: float, until: float, resolution_s: int
-    ) -> list[dict[str, Any]]:
-        """Points ``{"t": bucket start, "up": bytes, "down": bytes}``, oldest first."""
-        ...
-
-
-# Below this resolution a bucket holds few rows and Store.series' single GROUP BY is cheaper.
-_BUCKET_SCAN_MIN_RES = 60
-_BUCKETS = """
-b(t) AS (SELECT :first UNION ALL SELECT t + :res FROM b WHERE t + :res < :until)
-SELECT t, (
-    SELECT json_array(SUM(bytes_up), SUM(bytes_down)) FROM series
-    WHERE device_mac {devices} AND second >= max(t, :since) AND second < min(t + :res, :until)
-) FROM b ORDER BY t
-"""
-_BUCKETS_SQL = "WITH RECURSIVE " + _BUCKETS.format(devices="= :mac")
-# Every device in the series table, one primary-key seek each (a loose index scan).
-_BUCKETS_ALL_SQL = (
-    "WITH RECURSIVE d(m) AS (SELECT MIN(device_mac) FROM series UNION ALL "
-    "SELECT (SELECT MIN(device_mac) FROM series WHERE device_mac > m) FROM d "
-    "WHERE m IS NOT NULL), "
-    + _BUCKETS.format(devices="IN (SELECT m FROM d WHERE m IS NOT NULL)")
-)
-
-
-class StoreBackend:
-    """Serves the API from the agent's SQLite store, plus the agent's live status.
-
-    Reads go through a few read-only connections of its own, never the agent's writer: a
-    reader never waits for the agent's writes (WAL), and the API cannot change the store.
-    Opening one per request would cost milliseconds, so they are kept; :meth:`close` ends them.
-    """
-
-    def __init__(
-        self,
-        store: Store | str | Path,
-        status_fn: Callable[[], dict[str, Any]],
-        *,
-        timeout: float = 5.0,
-    ) -> None:
-        path = store.path if isinstance(store, Store) else Path(store)
-        if path is None:
-            raise ValueError(
-                "StoreBackend needs a store on disk: an in-memory store cannot be read from "
-                "the API's worker threads"
-            )
-        self.path = Path(path).resolve()
-        self.timeout = timeout
-        self._status_fn = status_fn
-        self._idle: list[Store] = []
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def status(self) -> dict[str, Any]:
-        return dict(self._status_fn())
-
-    def devices(self) -> list[Device]:
-        with self._reader() as store:
-            return store.devices()
-
-    def uploads(
-        self, device: str | None, since: float | None, until: float | None
-    ) -> list[Upload]:
-        with self._reader() as store:
-            return list(store.uploads(device, since, until))
-
-    def series(
-        self, device: str | None, since: float, until: float, resolution_s: int
-    ) -> list[dict[str, Any]]:
-        with self._reader() as store:
-            if device is not None and resolution_s < _BUCKET_SCAN_MIN_RES:
-                points = store.series(device, since, until, resolution_s)
-                return [
-                    {"t": pt.second, "up": pt.bytes_up, "down": pt.bytes_down} for pt in points
-                ]
-            return self._bucket_sums(store, device, since, until, resolution_s)
-
-    def _bucket_sums(
-        self, store: Store, device: str | None, since: float, until: float, res: int
-    ) -> list[dict[str, Any]]:
-        # Store.series groups with a temporary B-tree over every row in the range (4 s for a
-        # month of seconds here), and for all devices scans the whole table. Summing each
-        # bucket as its own primary-key range reads rows in key order with no sort: several
-        # times faster for long ranges. Same answer (tests compare the two).
-        sql = _BUCKETS_ALL_SQL if device is None else _BUCKETS_SQL
-        args = {
-            "first": math.floor(since / res) * res,
-            "res": res,
-            "since": since,
-            "until": until,
-            "mac": device,
-        }
-        try:
-            rows = store.db.conn.execute(sql, args).fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"store: {exc} reading {self.path}; nothing was changed") from exc
-        points = []
-        for t, sums in rows:
-            up, down = json.loads(sums)
-            if up is not None:
-                points.append({"t": t, "up": up, "down": down})
-        return points
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for store in idle:
-            store.close()
-
-    def __enter__(self) -> StoreBackend:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @contextlib.contextmanager
-    def _reader(self) -> Iterator[Store]:
-        with self._lock:
-            if self._closed:
-                raise StoreError(f"store: {self.path} is closed for the API; nothing was read")
-            store = self._idle.pop() if self._idle else None
-        if store is None:
-            store = self._open()
-        try:
-            yield store
-        except BaseException:
-            store.close()  # may be broken; the next call opens a fresh one
-            raise
-        with self._lock:
-            if self._closed:
-                store.close()
-            else:
-                self._idle.append(store)
-
-    def _open(self) -> Store:
-        uri = f"file:{urllib.parse.quote(str(self.path))}?mode=ro"
-        try:
-            # Used by one worker thread at a time, but not always the same one.
-            conn = sqlite3.connect(uri, uri=True, timeout=self.timeout, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise StoreError(
-                f"store: cannot open {self.path} for reading ({exc}); nothing was read"
-            ) from exc
-        conn.isolation_level = None
-        return Store(Database(conn, execute_plugins=False), self.path)
-
-
-class _Subscriber:
-    """One connection's event queue; offer() runs on the publisher's thread, take() on the loop."""
-
-    def __init__(self, events: Sequence[str], maxlen: int) -> None:
-        self.events = frozenset(events)
-        self.maxlen = maxlen
-        self.queue: deque[bytes] = deque()
-        self.dropped = 0
-        self.lock = threading.Lock()
-        self.wake_pending = False
-        self.wake = asyncio.Event()
-        self.pump: asyncio.Task[None] | None = None
-
-    def offer(self, name: str, line: bytes) -> bool:
-        """Queue ``line``; True when the loop must be woken (once until the queue empties)."""
-        if name not in self.events:
-            return False
-        with self.lock:
-            if len(self.queue) >= self.maxlen:
-                self.queue.popleft()
-                self.dropped += 1
-            self.queue.append(line)
-            if self.wake_pending:
-                return False
-            self.wake_pending = True
-            return True
-
-    def take(self, budget: int) -> tuple[list[bytes], int]:
-        """Queued lines up to about ``budget`` bytes, and how many were dropped before them."""
-        lines: list[bytes] = []
-        size = 0
-        with self.lock:
-            dropped, self.dropped = self.dropped, 0
-            while self.queue and size < budget:
-                line = self.queue.popleft()
-                lines.append(line)
-                size += len(line)
-            if not lines:
-                self.wake_pending = False
-            return lines, dropped
-
-
 class _Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
-        self.subscriber: _Subscriber | None = None
+        self.subscriber: Subscriber | None = None
 
     async def send(self, line: bytes) -> None:
         self.writer.write(line)
         await self.writer.drain()
-
-
-def peer_credentials(sock: Any) -> tuple[int, int, int]:
-    """(pid, uid, gid) of the process at the other end of a Unix socket."""
-    fmt = "iII"
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize(fmt))
-    pid, uid, gid = struct.unpack(fmt, raw)
-    return int(pid), int(uid), int(gid)
-
-
-def _proc_groups(pid: int) -> set[int] | None:
-    """The peer's supplementary groups (SO_PEERCRED carries only the primary gid)."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("Groups:"):
-                    return {int(g) for g in line.split()[1:] if g.isdigit()}
-    except OSError:
-        pass
-    return None
-
-
-def _in_group(pid: int, uid: int, gid: int, group: int) -> bool:
-    if gid == group:
-        return True
-    groups = _proc_groups(pid)
-    if groups is not None:
-        # What the process holds now, not what the group file says it could get at login.
-        return group in groups
-    # /proc hidden from us (hidepid): fall back to the group database.
-    try:
-        user = pwd.getpwuid(uid)
-        members = grp.getgrgid(group).gr_mem
-    except KeyError:
-        return False
-    return user.pw_gid == group or user.pw_name in members
-
-
-def _group_name(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
 
 
 def _resolve_group(group: str | int | None) -> int | None:
@@ -348,7 +108,7 @@ class AgentServer:
         self._conns: set[_Connection] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         # Replaced, never mutated, so publish() can read it from any thread without a lock.
-        self._subscribers: tuple[_Subscriber, ...] = ()
+        self._subscribers: tuple[Subscriber, ...] = ()
         self._subs_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -532,19 +292,19 @@ class AgentServer:
         wake = [s for s in subscribers if s.offer(event_name, line)]
         if wake:
             with contextlib.suppress(RuntimeError):  # loop closed: stopping
-                loop.call_soon_threadsafe(_wake_all, wake)
+                loop.call_soon_threadsafe(wake_all, wake)
 
-    def _add_subscriber(self, sub: _Subscriber) -> None:
+    def _add_subscriber(self, sub: Subscriber) -> None:
         with self._subs_lock:
             self._subscribers = (*self._subscribers, sub)
 
-    def _remove_subscriber(self, sub: _Subscriber) -> None:
+    def _remove_subscriber(self, sub: Subscriber) -> None:
         with self._subs_lock:
             self._subscribers = tuple(s for s in self._subscribers if s is not sub)
         if sub.pump is not None:
             sub.pump.cancel()
 
-    async def _pump(self, sub: _Subscriber, conn: _Connection) -> None:
+    async def _pump(self, sub: Subscriber, conn: _Connection) -> None:
         try:
             while True:
                 await sub.wake.wait()
@@ -607,12 +367,12 @@ class AgentServer:
         if not allowed and group is not None:
             loop = asyncio.get_running_loop()
             # The group database may be remote (LDAP): keep it off the loop.
-            allowed = await loop.run_in_executor(self._executor, _in_group, pid, uid, gid, group)
+            allowed = await loop.run_in_executor(self._executor, in_group, pid, uid, gid, group)
         if not allowed:
             who = f"uid {uid}"
             with contextlib.suppress(KeyError):
                 who = f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
-            group_text = f" and members of group {_group_name(group)}" if group is not None else ""
+            group_text = f" and members of group {group_name(group)}" if group is not None else ""
             log.warning("refused API client %s (pid %d)", who, pid)
             return p.FORBIDDEN, (
                 f"{who} may not use the Spyglass agent: only root, uid {own}{group_text} may"
@@ -680,7 +440,7 @@ class AgentServer:
         events: list[str] = req.params["events"]
         if conn.subscriber is not None:
             self._remove_subscriber(conn.subscriber)
-        sub = _Subscriber(events, self.queue_size)
+        sub = Subscriber(events, self.queue_size)
         conn.subscriber = sub
         self._add_subscriber(sub)
         # Events published from here on are queued, and sent only after this reply.
@@ -747,8 +507,3 @@ class AgentServer:
 
     async def _in_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-
-def _wake_all(subscribers: list[_Subscriber]) -> None:
-    for sub in subscribers:
-        sub.wake.set()
