@@ -19,11 +19,12 @@ Bad input never raises past the constructor: problems become ``ReadProblem`` ent
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Final, Literal
+from typing import Any, BinaryIO, Final, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -102,11 +103,13 @@ ChunkTap = Callable[[int, bytes], None]  # (file offset, bytes read there)
 
 
 def open_capture(
-    path: str | os.PathLike[str], *, chunk_bytes: int = 4 << 20, tap: ChunkTap | None = None
+    path: str | os.PathLike[str], *, chunk_bytes: int = 4 << 20, tap: ChunkTap | None = None,
+    map_file: bool = False,
 ) -> CaptureReader:
     """A reader for ``path``; raises CaptureFormatError if it is not a readable capture.
-    ``tap`` sees every chunk read (chunks may overlap: a cut record is read again)."""
-    return CaptureReader(path, chunk_bytes=chunk_bytes, tap=tap)
+    ``tap`` sees every chunk read (chunks may overlap: a cut record is read again); see
+    :class:`CaptureReader` for ``map_file``."""
+    return CaptureReader(path, chunk_bytes=chunk_bytes, tap=tap, map_file=map_file)
 
 
 class _Problems:
@@ -622,7 +625,7 @@ class _PcapNg(_Format):
         ifaces = self._ifaces
         # One gather of the fixed EPB fields; an SPB near the buffer end reads padding here
         # and takes its own fields below.
-        src = buf if len(buf) >= 28 else buf + bytes(28)
+        src = buf if len(buf) >= 28 else bytes(buf) + bytes(28)
         hdr = _headers(src, np.minimum(pos, len(src) - 28), 28)
         u32 = self._order + "u4"
         raw = _field(hdr, 28, 8, u32)
@@ -699,16 +702,37 @@ def _read_at(fh: BinaryIO, offset: int, size: int) -> bytes:
     return b"".join(parts)
 
 
+def _map_at(fh: BinaryIO, offset: int, size: int) -> bytes:
+    """``size`` bytes from ``offset`` (fewer at the end), mapped rather than copied.
+
+    The mapping lives as long as some view of it (a batch, a queued hash chunk) does, so only
+    the chunks in use count towards the process's memory.
+    """
+    size = min(size, os.fstat(fh.fileno()).st_size - offset)
+    if size <= 0:
+        return b""
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    mm = mmap.mmap(fh.fileno(), offset - start + size, access=mmap.ACCESS_READ, offset=start)
+    view = memoryview(mm)[offset - start :]
+    return cast(bytes, view)  # read like bytes (slices, struct, numpy); never compared as bytes
+
+
 class CaptureReader:
-    """Iterate over a capture file as ``FrameBatch`` objects; see ``report`` for what happened."""
+    """Iterate over a capture file as ``FrameBatch`` objects; see ``report`` for what happened.
+
+    With ``map_file`` a batch's ``buf`` is a memoryview of the mapped file instead of bytes:
+    no copy, for a consumer that only reads it with numpy, struct and slicing (and copies
+    what it keeps). A file truncated while mapped kills the process with SIGBUS.
+    """
 
     def __init__(
         self, path: str | os.PathLike[str], *, chunk_bytes: int = 4 << 20,
-        tap: ChunkTap | None = None,
+        tap: ChunkTap | None = None, map_file: bool = False,
     ) -> None:
         self.path = os.fspath(path)
         self._chunk = max(int(chunk_bytes), 256)
         self._tap = tap
+        self._map = map_file
         try:
             with open(self.path, "rb") as fh:
                 size = os.fstat(fh.fileno()).st_size
@@ -776,7 +800,7 @@ class CaptureReader:
         want = self._chunk
         while True:
             try:
-                buf = _read_at(fh, base, want)
+                buf = _map_at(fh, base, want) if self._map else _read_at(fh, base, want)
             except OSError as exc:
                 problems.add("io", base, f"read error at byte {base}: {exc.strerror or exc}")
                 report.stopped_early = True

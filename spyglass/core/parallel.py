@@ -32,7 +32,9 @@ def _work(
 ) -> None:
     hasher = FileHasher(path) if hash_file else None
     try:
-        reader = open_capture(path, chunk_bytes=chunk_bytes, tap=hasher.tap if hasher else None)
+        reader = open_capture(
+            path, chunk_bytes=chunk_bytes, tap=hasher.tap if hasher else None, map_file=True
+        )
         prep = Preparer(settings)
         for batch in reader:
             conn.send(("batch", prep(batch), reader.bytes_read))
