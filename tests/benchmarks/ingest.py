@@ -6,8 +6,12 @@ Generates a mixed household capture with the simulator (or takes --file), then t
 same run on the same file:
   * `spyglass analyze FILE --db TMP --json` as a subprocess (startup, imports, hashing, store);
   * `tshark -q -z conv,ip -r FILE`;
-and prints packets/s for each and the analyser's peak RSS (from wait4's rusage). Run it on a
-quiet machine: figures from a loaded one say more about the load than about Spyglass.
+and prints packets/s for each and the analyser's peak RSS (from wait4's rusage: the largest of
+the process and its reader process). Run it on a quiet machine: figures from a loaded one say
+more about the load than about Spyglass, so the load average is printed beside them.
+
+`spyglass analyze` reads a large file in two processes (spyglass.core.parallel); CPU time is
+the sum over both, plus the sha256 of the file that the reader computes on a thread.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ def main() -> None:
         ).stdout.split()[-1]) if shutil.which("capinfos") else args.packets
         spyglass = [sys.executable, "-m", "spyglass", "analyze", str(capture), "--json"]
         best = None
+        load = f"{os.getloadavg()[0]:.2f}"
         for run in range(args.runs):
             db = tmp / f"bench{run}.db"
             wall, cpu, rss, _ = timed([*spyglass, "--db", str(db)])
@@ -69,6 +74,7 @@ def main() -> None:
                 best = (wall, cpu, rss)
         assert best is not None
         wall, cpu, rss = best
+        print(f"load average before the runs: {load}, after: {os.getloadavg()[0]:.2f}")
         print(f"spyglass analyze: {packets / wall:,.0f} packets/s  ({wall:.2f} s wall, "
               f"{cpu:.2f} s CPU, peak RSS {rss / 1024:.0f} MB, {packets:,} packets)")
         if shutil.which("tshark"):
