@@ -86,6 +86,11 @@ def default_router(ifname: str) -> str | None:
     return None
 
 
+def _fingerprint(d: Device) -> int:
+    return hash((d.vendor, d.kind, d.model, d.assistant, tuple(d.names), tuple(d.ips),
+                 tuple(d.evidence), d.first_seen, d.last_seen))
+
+
 def _set_verdict(store: Store, prm: dict[str, Any]) -> dict[str, Any]:
     store.set_verdict(prm["upload"], prm["verdict"])
     return {"upload": prm["upload"], "verdict": prm["verdict"]}
@@ -103,13 +108,21 @@ class Agent:
         self._status: dict[str, Any] = {
             "mode": cfg.mode, "interface": cfg.interface, "state": "starting",
             "packets": 0, "bytes": 0, "kernel_drops": 0, "capture_rate_pps": 0.0,
-            "devices": 0, "uploads": 0, "watched": [], "problems": [],
+            "malformed": 0, "non_ip": 0, "devices": 0, "uploads": 0, "watched": [],
+            "problems": [],
+            # What never reached the store, by cause: frames the kernel dropped, frames whose
+            # headers could not be decoded, per-second points shed while the store was down.
+            "dropped": {"kernel": 0, "malformed": 0, "series_points": 0},
         }
         self.server: AgentServer | None = None
         # Work the API's worker threads hand to the capture thread (which owns the pipeline,
         # the watch list and the store's writer): (function, reply box).
         self._commands: queue.Queue[tuple[Callable[[], Any], queue.Queue[Any]]] = queue.Queue()
         self._announced_starts: set[tuple[str, str, str, int, int]] = set()
+        self._shed_series = 0  # per-second points dropped while the store was down, this run
+        # mac -> fingerprint of the record last stored: rewriting every device each second
+        # costs ~1 s a second once a flood of made-up MACs has filled the inventory.
+        self._stored_devices: dict[str, int] = {}
 
     # -- status and events -------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -130,7 +143,11 @@ class Agent:
 
     def _clear_problem(self, kind: str) -> None:
         with self._lock:
-            self._status["problems"] = [p for p in self._status["problems"] if p["kind"] != kind]
+            before = self._status["problems"]
+            self._status["problems"] = [p for p in before if p["kind"] != kind]
+            cleared = len(before) != len(self._status["problems"])
+        if cleared:
+            log.info("%s: working again", kind)
 
     def _publish(self, event: str, data: dict[str, Any]) -> None:
         if self.server is not None:
@@ -213,9 +230,12 @@ class Agent:
                     rate_window.append((now, pipe.stats.packets))
                     t0, n0 = rate_window[0]
                     rate = (pipe.stats.packets - n0) / (now - t0) if now > t0 else 0.0
-                    self._set(packets=pipe.stats.packets, bytes=pipe.stats.bytes,
-                              kernel_drops=st.drops, capture_rate_pps=round(rate, 1),
-                              devices=len(pipe.inventory), store_ok=store_ok)
+                    ps = pipe.stats
+                    self._set(packets=ps.packets, bytes=ps.bytes, kernel_drops=st.drops,
+                              capture_rate_pps=round(rate, 1), malformed=ps.malformed,
+                              non_ip=ps.non_ip, devices=len(pipe.inventory), store_ok=store_ok,
+                              dropped={"kernel": st.drops, "malformed": ps.malformed,
+                                       "series_points": self._shed_series})
         finally:
             self._set(state="stopping")
             pending.uploads.extend(pipe.flush())
@@ -344,7 +364,9 @@ class Agent:
             self._announced_starts &= live
 
     def _write(self, store: Store, capture_id: int, pipe: Pipeline, pending: _Pending) -> bool:
-        devices: list[Device] = pipe.devices()
+        stored = self._stored_devices
+        changed = [(d, m) for d in pipe.devices() if stored.get(d.mac) != (m := _fingerprint(d))]
+        devices: list[Device] = [d for d, _ in changed]
         pending.flows.update(
             {(f.device_mac, f.remote_ip, f.proto, f.remote_port): f for f in pipe.changed_flows()}
         )
@@ -359,11 +381,13 @@ class Agent:
             self._problem("store", f"{e}; capture goes on, data is kept in memory and written "
                           "when the store accepts it")
             return False
+        stored.update((d.mac, m) for d, m in changed)
         for uid, up in zip(ids, pending.uploads, strict=True):
             data = upload_to_dict(up)
             data["id"] = uid
             self._publish("upload_ended", data)
         if pending.dropped_series:
+            self._shed_series += pending.dropped_series
             self._problem("store", f"{pending.dropped_series} per-second points were dropped "
                           "while the store was unavailable")
         else:
