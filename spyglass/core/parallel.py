@@ -9,8 +9,10 @@ Results are the same as feeding the batches in one process: both run the same tw
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import signal
 import warnings
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
@@ -30,6 +32,8 @@ class WorkerFailed(Exception):
 def _work(
     conn: Connection, path: str, chunk_bytes: int, settings: PrepSettings, hash_file: bool
 ) -> None:
+    # Ctrl-C reaches the whole process group: the parent decides, and ends this process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     hasher = FileHasher(path) if hash_file else None
     try:
         reader = open_capture(
@@ -46,13 +50,20 @@ def _work(
                 digest = f"cannot read it again: {exc.strerror or exc}"
         conn.send(("end", (reader.report, digest), reader.bytes_read))
     except CaptureFormatError as exc:
-        conn.send(("format", (exc.path, exc.offset, exc.reason), 0))
+        _tell(conn, ("format", (exc.path, exc.offset, exc.reason), 0))
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the parent stopped listening (it failed, or was interrupted)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides
-        conn.send(("error", f"{type(exc).__name__}: {exc}", 0))
+        _tell(conn, ("error", f"{type(exc).__name__}: {exc}", 0))
     finally:
         if hasher is not None:
             hasher.close()
         conn.close()
+
+
+def _tell(conn: Connection, message: tuple[str, Any, int]) -> None:
+    with contextlib.suppress(OSError):  # the parent is gone: nothing to tell
+        conn.send(message)
 
 
 class PreparedReader:
