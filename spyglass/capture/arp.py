@@ -9,15 +9,14 @@ from __future__ import annotations
 import errno
 import fcntl
 import ipaddress
-import os
 import select
 import socket
 import struct
-import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from spyglass.capture.netns import in_netns as in_netns  # intercept imports it from here
 from spyglass.core.proto import MalformedPayload, mac_str
 from spyglass.core.proto.arp import ArpInfo, parse_arp
 
@@ -34,7 +33,6 @@ SIOCGIFNETMASK = 0x891B
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 ZERO_MAC = "00:00:00:00:00:00"
 _MIN_FRAME = 60  # Ethernet minimum without FCS; real NICs pad anyway, veths do not
-_NETNS_SELF = "/proc/thread-self/ns/net"
 _ETH = struct.Struct("!6s6sH")
 _ARP = struct.Struct("!HHBBH6s4s6s4s")
 
@@ -144,28 +142,6 @@ def correction_frames(
         _to(our_mac, target_mac, OP_REQUEST, router_mac, router_ip, ZERO_MAC, target_ip),
         _to(our_mac, router_mac, OP_REQUEST, target_mac, target_ip, ZERO_MAC, router_ip),
     ]
-
-
-def in_netns[T](netns_fd: int | None, fn: Callable[[], T]) -> T:
-    """Run ``fn`` in the network namespace ``netns_fd`` (a helper thread when it differs)."""
-    if netns_fd is None or os.fstat(netns_fd).st_ino == os.stat(_NETNS_SELF).st_ino:
-        return fn()
-    result: list[T] = []
-    error: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            os.setns(netns_fd, os.CLONE_NEWNET)
-            result.append(fn())
-        except BaseException as exc:
-            error.append(exc)
-
-    t = threading.Thread(target=run, name="spyglass-netns")
-    t.start()
-    t.join()
-    if error:
-        raise error[0]
-    return result[0]
 
 
 def _ifreq_ipv4(sock: socket.socket, ifname: str, request: int) -> str | None:

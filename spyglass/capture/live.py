@@ -6,8 +6,6 @@ bytes copy plus numpy arrays, the same FrameBatch a file reader produces.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import ipaddress
 import json
 import logging
@@ -17,16 +15,29 @@ import select
 import socket
 import struct
 import subprocess
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from spyglass.capture.bpf import BpfProgram, SockFprog, compile_filter
-from spyglass.capture.privileges import check_capture_privileges
+from spyglass.capture.bpf import BpfProgram, compile_filter
+from spyglass.capture.netns import in_netns, own_netns_fd
+from spyglass.capture.packetsock import (
+    GONE_ERRNOS,
+    PACKET_STATISTICS,
+    SOL_PACKET,
+    attach_filter,
+    bind_ethernet,
+    check_capture_args,
+    open_packet_socket,
+    open_retrying,
+    require_ifindex,
+    why_down,
+)
+from spyglass.capture.packetsock import (
+    InterfaceGone as InterfaceGone,  # imported from here by the agent and spyglass.capture
+)
 from spyglass.core.frames import LINKTYPE_ETHERNET, FrameBatch
 
 if TYPE_CHECKING:
@@ -34,38 +45,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Linux ABI numbers the socket module does not export.
-SOL_PACKET = 263
-PACKET_ADD_MEMBERSHIP = 1
-PACKET_MR_PROMISC = 1
-PACKET_STATISTICS = 6
-SO_ATTACH_FILTER = 26
+# Linux ABI numbers the socket module does not export (the shared ones are in packetsock).
 SO_RCVBUFFORCE = 33
 SO_TIMESTAMPNS = 35  # also the cmsg type SCM_TIMESTAMPNS
-ETH_P_ALL = 0x0003
-SIOCGIFFLAGS = 0x8913
-SIOCGIFINDEX = 0x8933
-IFF_UP = 0x1
-ARPHRD_ETHER = 1
-ARPHRD_LOOPBACK = 772  # frames carry a zeroed Ethernet header
 
 DEFAULT_SNAPLEN = 262_144  # tcpdump's default: whole frames, including GSO super-frames
 DEFAULT_RCVBUF = 32 << 20  # the default ~200 KB drops 0.4-7 % at 100k pps
 DEFAULT_BATCH_BYTES = 8 << 20
 
 MSG_TRUNC = socket.MSG_TRUNC
-_GONE_ERRNOS = {errno.ENETDOWN, errno.ENODEV, errno.ENXIO}
 _TIMESPEC = struct.Struct("@qq")
-_NETNS_SELF = "/proc/thread-self/ns/net"
-
-
-class InterfaceGone(Exception):
-    """The captured interface went away (unplugged, deleted) or down; reopen() to retry."""
-
-    def __init__(self, ifname: str, reason: str) -> None:
-        super().__init__(f"capture interface {ifname!r} {reason}")
-        self.ifname = ifname
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,10 +87,7 @@ class LiveCapture:
         batch_bytes: int = DEFAULT_BATCH_BYTES,
         kernel_timestamps: bool = True,
     ) -> None:
-        if not ifname or len(ifname.encode()) >= 16 or "/" in ifname:
-            raise ValueError(f"not a valid interface name: {ifname!r}")
-        if snaplen < 64:
-            raise ValueError(f"snaplen {snaplen} is too small (at least 64 bytes)")
+        check_capture_args(ifname, snaplen)
         self.ifname = ifname
         self.snaplen = snaplen
         self.rcvbuf = rcvbuf
@@ -119,7 +105,7 @@ class LiveCapture:
         self._drops = 0
         self._gone: InterfaceGone | None = None
         self._pending: InterfaceGone | None = None
-        self._netns_fd = os.open(_NETNS_SELF, os.O_RDONLY | os.O_CLOEXEC)
+        self._netns_fd = own_netns_fd()
         try:
             self._sock, self._ifindex = self._open()
         except BaseException:
@@ -131,16 +117,10 @@ class LiveCapture:
     # -- lifecycle -------------------------------------------------------------------------
 
     def _open(self) -> tuple[socket.socket, int]:
-        return _in_netns(self._netns_fd, self._open_here)
+        return in_netns(self._netns_fd, self._open_here)
 
     def _open_here(self) -> tuple[socket.socket, int]:
-        try:
-            # Protocol 0 receives nothing until bind(): the filter is in place before the
-            # first frame arrives, so no unfiltered frame slips into the queue.
-            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-        except PermissionError:
-            hint = check_capture_privileges() or "permission denied"
-            raise PermissionError(errno.EPERM, hint) from None
+        sock = open_packet_socket()
         try:
             try:
                 sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self.rcvbuf)
@@ -148,28 +128,9 @@ class LiveCapture:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
             if self.kernel_timestamps:
                 sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-            if self.program is not None:
-                fprog = SockFprog(self.program)
-                sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog.value)
-            ifindex = self._ifindex_of(sock)
-            if ifindex is None:
-                raise InterfaceGone(self.ifname, "does not exist")
-            try:
-                sock.bind((self.ifname, ETH_P_ALL))
-            except OSError as exc:
-                if exc.errno in _GONE_ERRNOS:
-                    raise InterfaceGone(self.ifname, "does not exist") from None
-                raise
-            hatype = sock.getsockname()[3]
-            if hatype not in (ARPHRD_ETHER, ARPHRD_LOOPBACK):
-                raise ValueError(
-                    f"interface {self.ifname!r} is not Ethernet (ARPHRD {hatype}); "
-                    "only Ethernet interfaces can be captured live"
-                )
-            if self.promisc:
-                mreq = struct.pack("iHH8s", ifindex, PACKET_MR_PROMISC, 0, b"")
-                sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
-            sock.setblocking(False)
+            attach_filter(sock, self.program)
+            ifindex = require_ifindex(sock, self.ifname)
+            bind_ethernet(sock, self.ifname, ifindex, promisc=self.promisc)
         except BaseException:
             sock.close()
             raise
@@ -180,21 +141,10 @@ class LiveCapture:
         interface is absent; InterfaceGone after ``attempts`` tries. Counters carry over."""
         self._collect_stats()
         self._close_socket()
-        last: InterfaceGone | None = None
-        for attempt in range(max(1, attempts)):
-            if attempt:
-                time.sleep(delay_s)
-            try:
-                self._sock, self._ifindex = self._open()
-            except InterfaceGone as exc:
-                last = exc
-                continue
-            self._gone = self._pending = None
-            self._poll = select.poll()
-            self._poll.register(self._sock.fileno(), select.POLLIN | select.POLLERR)
-            return
-        assert last is not None
-        raise InterfaceGone(self.ifname, f"{last.reason} (gave up after {attempts} tries)")
+        self._sock, self._ifindex = open_retrying(self.ifname, self._open, attempts, delay_s)
+        self._gone = self._pending = None
+        self._poll = select.poll()
+        self._poll.register(self._sock.fileno(), select.POLLIN | select.POLLERR)
 
     def close(self) -> None:
         self._close_socket()
@@ -254,7 +204,7 @@ class LiveCapture:
                 self._poll.poll(math.ceil(remaining * 1000))
                 continue
             except OSError as exc:
-                if exc.errno not in _GONE_ERRNOS:
+                if exc.errno not in GONE_ERRNOS:
                     raise
                 # The error comes before any frames still queued: drain them first, and
                 # raise on the next call (or now, when there were none).
@@ -299,26 +249,8 @@ class LiveCapture:
 
     # -- interface state -------------------------------------------------------------------
 
-    def _ifindex_of(self, sock: socket.socket) -> int | None:
-        # ioctls on the socket resolve names in the socket's namespace, not the caller's.
-        ifreq = struct.pack("16si20x", self.ifname.encode(), 0)
-        try:
-            res = fcntl.ioctl(sock.fileno(), SIOCGIFINDEX, ifreq)
-        except OSError:
-            return None
-        return int(struct.unpack_from("16si", res)[1])
-
     def _why_down(self) -> str:
-        if self._ifindex_of(self._sock) != self._ifindex:
-            return "was removed (unplugged or deleted)"
-        ifreq = struct.pack("16sH22x", self.ifname.encode(), 0)
-        try:
-            flags = struct.unpack_from(
-                "16sH", fcntl.ioctl(self._sock.fileno(), SIOCGIFFLAGS, ifreq)
-            )[1]
-        except OSError:
-            return "was removed (unplugged or deleted)"
-        return "went down" if not flags & IFF_UP else "reported the network down"
+        return why_down(self._sock, self.ifname, self._ifindex)
 
 
 def open_capture_source(
@@ -363,28 +295,6 @@ def open_capture_source(
         ifname, bpf_filter, snaplen=snaplen, rcvbuf=rcvbuf, promisc=promisc,
         kernel_timestamps=kernel_timestamps,
     )  # fmt: skip
-
-
-def _in_netns[T](netns_fd: int, fn: Callable[[], T]) -> T:
-    """Run ``fn`` in the network namespace ``netns_fd`` (a helper thread when it differs)."""
-    if os.fstat(netns_fd).st_ino == os.stat(_NETNS_SELF).st_ino:
-        return fn()
-    result: list[T] = []
-    error: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            os.setns(netns_fd, os.CLONE_NEWNET)
-            result.append(fn())
-        except BaseException as exc:
-            error.append(exc)
-
-    t = threading.Thread(target=run, name="spyglass-netns")
-    t.start()
-    t.join()
-    if error:
-        raise error[0]
-    return result[0]
 
 
 def interface_subnets(

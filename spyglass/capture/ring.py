@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import math
 import mmap
 import os
@@ -25,27 +24,22 @@ import time
 
 import numpy as np
 
-from spyglass.capture.bpf import BpfProgram, SockFprog, compile_filter
-from spyglass.capture.live import (
-    _GONE_ERRNOS,
-    _NETNS_SELF,
-    ARPHRD_ETHER,
-    ARPHRD_LOOPBACK,
-    DEFAULT_SNAPLEN,
-    ETH_P_ALL,
-    IFF_UP,
-    PACKET_ADD_MEMBERSHIP,
-    PACKET_MR_PROMISC,
+from spyglass.capture.bpf import BpfProgram, compile_filter
+from spyglass.capture.live import DEFAULT_SNAPLEN, CaptureStats
+from spyglass.capture.netns import in_netns, own_netns_fd
+from spyglass.capture.packetsock import (
+    GONE_ERRNOS,
     PACKET_STATISTICS,
-    SIOCGIFFLAGS,
-    SIOCGIFINDEX,
-    SO_ATTACH_FILTER,
     SOL_PACKET,
-    CaptureStats,
     InterfaceGone,
-    _in_netns,
+    attach_filter,
+    bind_ethernet,
+    check_capture_args,
+    open_packet_socket,
+    open_retrying,
+    require_ifindex,
+    why_down,
 )
-from spyglass.capture.privileges import check_capture_privileges
 from spyglass.core.frames import I64, LINKTYPE_ETHERNET, FrameBatch
 
 # linux/if_packet.h
@@ -125,10 +119,7 @@ class RingCapture:
         block_count: int = DEFAULT_BLOCK_COUNT,
         retire_ms: int = DEFAULT_RETIRE_MS,
     ) -> None:
-        if not ifname or len(ifname.encode()) >= 16 or "/" in ifname:
-            raise ValueError(f"not a valid interface name: {ifname!r}")
-        if snaplen < 64:
-            raise ValueError(f"snaplen {snaplen} is too small (at least 64 bytes)")
+        check_capture_args(ifname, snaplen)
         if block_size < FRAME_SIZE or block_size % mmap.PAGESIZE:
             raise ValueError(
                 f"ring block size {block_size} must be a multiple of the page size "
@@ -151,7 +142,7 @@ class RingCapture:
         self._pending: InterfaceGone | None = None
         self._pending_until = 0.0
         self._leftover: FrameBatch | None = None
-        self._netns_fd = os.open(_NETNS_SELF, os.O_RDONLY | os.O_CLOEXEC)
+        self._netns_fd = own_netns_fd()
         try:
             self._ring = self._open()
         except BaseException:
@@ -167,15 +158,11 @@ class RingCapture:
     # -- lifecycle -------------------------------------------------------------------------
 
     def _open(self) -> _Ring:
-        return _in_netns(self._netns_fd, self._open_here)
+        return in_netns(self._netns_fd, self._open_here)
 
     def _open_here(self) -> _Ring:
-        try:
-            # Protocol 0 receives nothing until bind(): ring and filter are in place first.
-            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-        except PermissionError:
-            hint = check_capture_privileges() or "permission denied"
-            raise PermissionError(errno.EPERM, hint) from None
+        # Ring and filter are in place before bind(), so before the first frame.
+        sock = open_packet_socket()
         ring: _Ring | None = None
         try:
             try:
@@ -183,29 +170,10 @@ class RingCapture:
             except OSError as exc:
                 raise RingUnavailable(exc.errno, f"TPACKET_V3 not supported: {exc}") from None
             blocks = self._request_ring(sock)
-            if self.program is not None:
-                fprog = SockFprog(self.program)
-                sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog.value)
-            ifindex = _ifindex_of(sock, self.ifname)
-            if ifindex is None:
-                raise InterfaceGone(self.ifname, "does not exist")
+            attach_filter(sock, self.program)
+            ifindex = require_ifindex(sock, self.ifname)
             ring = _Ring(sock, ifindex, self.block_size, blocks)
-            try:
-                sock.bind((self.ifname, ETH_P_ALL))
-            except OSError as exc:
-                if exc.errno in _GONE_ERRNOS:
-                    raise InterfaceGone(self.ifname, "does not exist") from None
-                raise
-            hatype = sock.getsockname()[3]
-            if hatype not in (ARPHRD_ETHER, ARPHRD_LOOPBACK):
-                raise ValueError(
-                    f"interface {self.ifname!r} is not Ethernet (ARPHRD {hatype}); "
-                    "only Ethernet interfaces can be captured live"
-                )
-            if self.promisc:
-                mreq = struct.pack("iHH8s", ifindex, PACKET_MR_PROMISC, 0, b"")
-                sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
-            sock.setblocking(False)
+            bind_ethernet(sock, self.ifname, ifindex, promisc=self.promisc)
         except BaseException:
             if ring is not None:
                 ring.close()
@@ -244,20 +212,9 @@ class RingCapture:
         self._collect_stats()
         self._ring.close()
         self._leftover = None
-        last: InterfaceGone | None = None
-        for attempt in range(max(1, attempts)):
-            if attempt:
-                time.sleep(delay_s)
-            try:
-                self._ring = self._open()
-            except InterfaceGone as exc:
-                last = exc
-                continue
-            self._gone = self._pending = None
-            self._poll = self._make_poll()
-            return
-        assert last is not None
-        raise InterfaceGone(self.ifname, f"{last.reason} (gave up after {attempts} tries)")
+        self._ring = open_retrying(self.ifname, self._open, attempts, delay_s)
+        self._gone = self._pending = None
+        self._poll = self._make_poll()
 
     def close(self) -> None:
         self._leftover = None
@@ -320,7 +277,7 @@ class RingCapture:
 
     def _check_error(self) -> None:
         err = self._ring.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err in _GONE_ERRNOS:
+        if err in GONE_ERRNOS:
             self._pending = InterfaceGone(self.ifname, self._why_down())
             self._pending_until = time.monotonic() + 4 * self.retire_s + 0.5
         elif err:
@@ -420,25 +377,7 @@ class RingCapture:
     # -- interface state -------------------------------------------------------------------
 
     def _why_down(self) -> str:
-        sock = self._ring.sock
-        if _ifindex_of(sock, self.ifname) != self._ring.ifindex:
-            return "was removed (unplugged or deleted)"
-        ifreq = struct.pack("16sH22x", self.ifname.encode(), 0)
-        try:
-            flags = struct.unpack_from("16sH", fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, ifreq))[1]
-        except OSError:
-            return "was removed (unplugged or deleted)"
-        return "went down" if not flags & IFF_UP else "reported the network down"
-
-
-def _ifindex_of(sock: socket.socket, ifname: str) -> int | None:
-    # ioctls on the socket resolve names in the socket's namespace, not the caller's.
-    ifreq = struct.pack("16si20x", ifname.encode(), 0)
-    try:
-        res = fcntl.ioctl(sock.fileno(), SIOCGIFINDEX, ifreq)
-    except OSError:
-        return None
-    return int(struct.unpack_from("16si", res)[1])
+        return why_down(self._ring.sock, self.ifname, self._ring.ifindex)
 
 
 def _truncating(program: BpfProgram | None, snaplen: int) -> BpfProgram | None:
