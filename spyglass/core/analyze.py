@@ -5,15 +5,18 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from spyglass.core.capfile import CaptureReader, ReadReport, open_capture
 from spyglass.core.detect import DetectorConfig
 from spyglass.core.filehash import FileHasher
+from spyglass.core.frames import FrameBatch
 from spyglass.core.inventory import VendorLookup
 from spyglass.core.models import Device, EndpointName, Flow, SeriesPoint, Upload
 from spyglass.core.parallel import PreparedReader, WorkerFailed
 from spyglass.core.pipeline import Pipeline, PipelineStats
+from spyglass.core.prepare import Prepared
 
 ProgressFn = Callable[[int, int], None]  # (bytes read, file size)
 SeriesSink = Callable[[list[SeriesPoint]], None]
@@ -116,7 +119,7 @@ def _analyze(
         reader = PreparedReader(
             path, pipe.prep_settings, chunk_bytes=CHUNK_BYTES, hash_file=hash_file
         )
-        step: Callable[[Any], object] = pipe.apply
+        step: Callable[[Any], object] = partial(_step, pipe)
     else:
         reader = open_capture(path, chunk_bytes=CHUNK_BYTES)
         if hash_file:
@@ -147,6 +150,13 @@ def _analyze(
         series=kept,
         digest=digest,
     )
+
+
+def _step(pipe: Pipeline, item: Prepared | FrameBatch) -> None:
+    if isinstance(item, FrameBatch):
+        pipe.feed(item)
+    else:
+        pipe.apply(item)
 
 
 def _run(

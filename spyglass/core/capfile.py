@@ -759,6 +759,9 @@ class CaptureReader:
                 )
         self._fmt_name: str = fmt
         self._head = head
+        # Where the current batch's buffer lies in the file (batch offsets are relative to it).
+        self.buf_base = 0
+        self.buf_len = 0
         self.report = ReadReport(self.path, fmt, file_size=size)
 
     @property
@@ -809,6 +812,7 @@ class CaptureReader:
                 self._tap(base, buf)
             at_eof = len(buf) < want
             fmt.file_base = base
+            self.buf_base, self.buf_len = base, len(buf)
             start = 0
             while True:
                 walk = fmt.walk(buf, start)

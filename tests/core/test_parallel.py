@@ -111,8 +111,8 @@ def test_dead_worker_after_series_were_handed_over_is_an_error(
 ) -> None:
     real = parallel.PreparedReader._receive
 
-    def cut_short(self: parallel.PreparedReader, recv: Any) -> Any:
-        for i, item in enumerate(real(self, recv)):
+    def cut_short(self: parallel.PreparedReader, *args: Any) -> Any:
+        for i, item in enumerate(real(self, *args)):
             if i == 30:
                 raise parallel.WorkerFailed("simulated death")
             yield item
