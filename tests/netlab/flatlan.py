@@ -9,7 +9,7 @@
 One switch namespace holds a bridge; each host namespace has ``eth0`` (a veth whose peer is a
 bridge port) with a fixed MAC. Every interface is created inside its namespace, nothing has a
 default route, so no packet can leave the lab. Everything is deleted on exit, and labs left by
-a dead run (their pid is gone) are swept before a new one is built. lan.py's helpers are reused.
+a dead run (their pid is gone) are swept before a new one is built (nslab.py's helpers).
 """
 
 from __future__ import annotations
@@ -20,21 +20,13 @@ import os
 import re
 import socket
 import struct
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
-from tests.netlab.lan import (
-    LabUnavailable,
-    _delete_namespace,
-    _ip,
-    _pid_alive,
-    lab_unavailable_reason,
-    list_namespaces,
-)
+from tests.netlab.nslab import NamespaceLab, lab_id, lab_or_skip, sweep_dead
+from tests.netlab.nslab import ip as _ip
 
 NET = "10.79.0.0/24"
 IF = "eth0"
@@ -59,21 +51,15 @@ _counter = itertools.count()
 
 def sweep_leftovers() -> list[str]:
     """Delete flat-lab namespaces whose creating process is gone; returns their names."""
-    swept = []
-    for name in list_namespaces():
-        m = _NAME_RE.match(name)
-        if m and not _pid_alive(int(m.group(1))):
-            _delete_namespace(name)
-            swept.append(name)
-    return swept
+    return sweep_dead(_NAME_RE, 1)
 
 
-class FlatLan:
+class FlatLan(NamespaceLab):
     """Router, speaker, spyglass host and a fourth host on one bridge. A context manager."""
 
     def __init__(self) -> None:
-        n = next(_counter)
-        self.id = f"{os.getpid()}" + (f"-{n}" if n else "")
+        super().__init__()
+        self.id = lab_id(_counter)
         self.switch = f"sg-fsw-{self.id}"
         self.router = f"sg-frt-{self.id}"
         self.speaker = f"sg-fspk-{self.id}"
@@ -81,23 +67,10 @@ class FlatLan:
         self.other = f"sg-fx-{self.id}"
         self.hosts = (self.router, self.speaker, self.spy, self.other)
         self.namespaces = (self.switch, *self.hosts)
-        self._procs: list[subprocess.Popen[Any]] = []
         self._closers: list[Callable[[], None]] = []
 
-    def __enter__(self) -> FlatLan:
-        reason = lab_unavailable_reason()
-        if reason:
-            raise LabUnavailable(reason)
+    def _sweep_leftovers(self) -> None:
         sweep_leftovers()
-        try:
-            self._build()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _build(self) -> None:
         for ns in self.namespaces:
@@ -129,49 +102,7 @@ class FlatLan:
                 if pipe is not None:
                     pipe.close()
         self._procs.clear()
-        present = set(list_namespaces())
-        for ns in self.namespaces:
-            if ns in present:
-                _delete_namespace(ns)
-
-    # -- running things inside ---------------------------------------------------------------
-
-    def run(
-        self, ns: str, *cmd: str, check: bool = True, timeout: float = 30
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["ip", "netns", "exec", ns, *cmd],
-            capture_output=True, text=True, timeout=timeout, check=check,
-        )  # fmt: skip
-
-    def popen(self, ns: str, *cmd: str, **kwargs: Any) -> subprocess.Popen[Any]:
-        """Start a command inside ``ns``; it is killed when the lab closes."""
-        proc: subprocess.Popen[Any] = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], **kwargs)
-        self._procs.append(proc)
-        return proc
-
-    def call[T](self, ns: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn`` in a thread that joined ``ns``."""
-        result: list[T] = []
-        error: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                fd = os.open(f"/var/run/netns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    os.setns(fd, os.CLONE_NEWNET)
-                finally:
-                    os.close(fd)
-                result.append(fn(*args, **kwargs))
-            except BaseException as exc:
-                error.append(exc)
-
-        t = threading.Thread(target=run, name=f"netns-{ns}")
-        t.start()
-        t.join()
-        if error:
-            raise error[0]
-        return result[0]
+        self._delete_namespaces()
 
     # -- looking at it -------------------------------------------------------------------------
 
@@ -274,20 +205,6 @@ def _icmp_echo(ip: str, seq: int, timeout_s: float) -> bool:
     return False
 
 
-@contextmanager
-def flat_lan_or_skip() -> Iterator[FlatLan]:
+def flat_lan_or_skip() -> AbstractContextManager[FlatLan]:
     """A FlatLan, or pytest.skip with the reason when this machine cannot build one."""
-    import pytest
-
-    reason = lab_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    lan = FlatLan()
-    try:
-        lan.__enter__()
-    except LabUnavailable as exc:
-        pytest.skip(f"cannot build the flat namespace lab: {exc}")
-    try:
-        yield lan
-    finally:
-        lan.close()
+    return lab_or_skip(FlatLan, "flat namespace lab")

@@ -21,19 +21,29 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import itertools
-import os
 import re
-import shutil
 import socket
 import ssl
 import struct
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
+
+# LabUnavailable, lab_unavailable_reason and list_namespaces: tests import them from here.
+from tests.netlab.nslab import (  # noqa: F401
+    LabUnavailable,
+    NamespaceLab,
+    lab_id,
+    lab_or_skip,
+    lab_unavailable_reason,
+    list_namespaces,
+    sweep_dead,
+)
+from tests.netlab.nslab import ip as _ip
 
 SPEAKER_IP = "10.77.0.2"
 GATEWAY_LAN_IP = "10.77.0.1"
@@ -68,95 +78,29 @@ _NAME_RE = re.compile(r"^sg-(spk|gw|cloud)-(\d+)(?:-\d+)?$")
 _counter = itertools.count()
 
 
-class LabUnavailable(RuntimeError):
-    """Namespaces cannot be built here (not root, no iproute2, no netns support)."""
-
-
-def lab_unavailable_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "the namespace lab needs root (ip netns)"
-    if shutil.which("ip") is None:
-        return "the namespace lab needs iproute2's 'ip' command"
-    if not hasattr(os, "setns"):
-        return "the namespace lab needs os.setns (Linux, Python >= 3.12)"
-    return None
-
-
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30, check=False)
-    if check and proc.returncode != 0:
-        raise LabUnavailable(f"ip {' '.join(args)} failed: {proc.stderr.strip()}")
-    return proc
-
-
-def list_namespaces() -> list[str]:
-    out = _ip("netns", "list", check=False).stdout
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_leftovers() -> list[str]:
     """Delete lab namespaces of ours whose creating process is gone; returns their names."""
-    swept = []
-    for name in list_namespaces():
-        m = _NAME_RE.match(name)
-        if m and not _pid_alive(int(m.group(2))):
-            _delete_namespace(name)
-            swept.append(name)
-    return swept
+    return sweep_dead(_NAME_RE, 2)
 
 
-def _delete_namespace(name: str) -> None:
-    # Delete the links first: a socket or fd still holding the namespace would keep it, and its
-    # veths, alive after the name is gone.
-    out = _ip("-n", name, "-o", "link", "show", check=False).stdout
-    for line in out.splitlines():
-        ifname = line.split(":")[1].strip().split("@")[0]
-        if ifname != "lo":
-            _ip("-n", name, "link", "del", ifname, check=False)
-    _ip("netns", "del", name, check=False)
-
-
-class HomeLan:
+class HomeLan(NamespaceLab):
     """Three namespaces wired as speaker -- gateway -- cloud. A context manager."""
 
     def __init__(self) -> None:
-        n = next(_counter)
-        self.id = f"{os.getpid()}" + (f"-{n}" if n else "")
+        super().__init__()
+        self.id = lab_id(_counter)
         self.speaker = f"sg-spk-{self.id}"
         self.gateway = f"sg-gw-{self.id}"
         self.cloud = f"sg-cloud-{self.id}"
         self.namespaces = (self.speaker, self.gateway, self.cloud)
         self._servers: list[_Server] = []
-        self._procs: list[subprocess.Popen[Any]] = []
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._tls_files: tuple[Path, Path] | None = None
 
     # -- build and tear down ---------------------------------------------------------------
 
-    def __enter__(self) -> HomeLan:
-        reason = lab_unavailable_reason()
-        if reason:
-            raise LabUnavailable(reason)
+    def _sweep_leftovers(self) -> None:
         sweep_leftovers()
-        try:
-            self._build()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _build(self) -> None:
         for ns in self.namespaces:
@@ -202,52 +146,12 @@ class HomeLan:
                     proc.kill()
                     proc.wait(timeout=5)
         self._procs.clear()
-        for ns in self.namespaces:
-            if ns in list_namespaces():
-                _delete_namespace(ns)
+        self._delete_namespaces()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
 
     # -- running things inside ---------------------------------------------------------------
-
-    def run(
-        self, ns: str, *cmd: str, check: bool = True, timeout: float = 30
-    ) -> subprocess.CompletedProcess[str]:
-        """Run a command inside ``ns`` and wait for it."""
-        return subprocess.run(
-            ["ip", "netns", "exec", ns, *cmd],
-            capture_output=True, text=True, timeout=timeout, check=check,
-        )  # fmt: skip
-
-    def popen(self, ns: str, *cmd: str, **kwargs: Any) -> subprocess.Popen[Any]:
-        """Start a command inside ``ns``; it is terminated when the lab closes."""
-        proc: subprocess.Popen[Any] = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], **kwargs)
-        self._procs.append(proc)
-        return proc
-
-    def call[T](self, ns: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn`` in a thread that joined ``ns``. Sockets it creates stay in ``ns``."""
-        result: list[T] = []
-        error: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                fd = os.open(f"/var/run/netns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    os.setns(fd, os.CLONE_NEWNET)
-                finally:
-                    os.close(fd)
-                result.append(fn(*args, **kwargs))
-            except BaseException as exc:
-                error.append(exc)
-
-        t = threading.Thread(target=run, name=f"netns-{ns}")
-        t.start()
-        t.join()
-        if error:
-            raise error[0]
-        return result[0]
 
     def socket(
         self, ns: str, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM
@@ -308,23 +212,9 @@ class HomeLan:
         return server
 
 
-@contextmanager
-def lan_or_skip() -> Iterator[HomeLan]:
+def lan_or_skip() -> AbstractContextManager[HomeLan]:
     """A HomeLan, or pytest.skip with the reason when this machine cannot build one."""
-    import pytest
-
-    reason = lab_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    lan = HomeLan()
-    try:
-        lan.__enter__()
-    except LabUnavailable as exc:
-        pytest.skip(f"cannot build the namespace lab: {exc}")
-    try:
-        yield lan
-    finally:
-        lan.close()
+    return lab_or_skip(HomeLan, "namespace lab")
 
 
 # -- servers ---------------------------------------------------------------------------------
