@@ -6,7 +6,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from spyglass.capture import (
 )
 from spyglass.capture.bpf import _compile_with_scapy, _compile_with_tcpdump
 from spyglass.capture.privileges import effective_capabilities
+from spyglass.capture.ring import RingCapture
 from spyglass.core.frames import FrameBatch
 from tests.netlab.lan import (
     CLOUD_IP,
@@ -68,26 +69,37 @@ def ipv4_frames(batch: FrameBatch) -> Iterator[tuple[str, str, int, int, int, in
         yield src, dst, proto, sport, dport, total - ihl - hdr, flags
 
 
-def read_until(cap: LiveCapture, done: object, seconds: float = 10) -> list[FrameBatch]:
+# Shared with test_ring.py: the same checks hold for either capture source.
+type Source = LiveCapture | RingCapture
+
+
+def read_until(
+    cap: Source, done: Callable[[list[FrameBatch]], bool] | None, seconds: float = 10, **kw: int
+) -> list[FrameBatch]:
     """Batches until ``done(batches)`` holds or the time runs out (a bound, not a measurement)."""
     batches: list[FrameBatch] = []
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        batch = cap.read_batch(timeout_s=0.1)
+        batch = cap.read_batch(timeout_s=0.1, **kw)
         if len(batch):
             batches.append(batch)
-        if callable(done) and done(batches):
+        if done is not None and done(batches):
             break
     return batches
 
 
-def test_tcp_bytes_seen_match_bytes_sent(lan: HomeLan) -> None:
-    sink = lan.start_tcp_sink(port=9001)
+def count(batches: list[FrameBatch]) -> int:
+    return sum(len(b) for b in batches)
+
+
+def check_tcp_bytes_seen(lan: HomeLan, open_capture: Callable[[str], Source], port: int) -> None:
+    """The bytes the speaker sends over TCP are the bytes the capture sees, FIN included."""
+    sink = lan.start_tcp_sink(port=port)
     payload = bytes(range(256)) * 1000  # 256,000 bytes
-    with gateway_capture(lan, "tcp and port 9001") as cap:
+    with open_capture(f"tcp and port {port}") as cap:
         client = lan.socket(lan.speaker)
         client.settimeout(10)
-        client.connect((CLOUD_IP, 9001))
+        client.connect((CLOUD_IP, port))
         client.sendall(payload)
         client.close()
         assert sink.wait_bytes(len(payload))
@@ -103,12 +115,30 @@ def test_tcp_bytes_seen_match_bytes_sent(lan: HomeLan) -> None:
 
         batches = read_until(cap, lambda bs: upstream(bs) == (len(payload), True))
         assert upstream(batches) == (len(payload), True)
-        # The filter let nothing else through: only port 9001, only TCP.
+        # The filter let nothing else through: only this port, only TCP.
         for b in batches:
-            assert all(p == 6 and 9001 in (sp, dp) for _s, _d, p, sp, dp, _n, _f in ipv4_frames(b))
+            assert all(p == 6 and port in (sp, dp) for _s, _d, p, sp, dp, _n, _f in ipv4_frames(b))
             assert len(list(ipv4_frames(b))) == len(b)
             assert (b.wirelen >= b.caplen).all()
             assert (b.linktype == 1).all()
+
+
+def check_filter_one_host(lan: HomeLan, open_capture: Callable[[str], Source], port: int) -> None:
+    """A ``host`` filter lets through the frames to that host and none to another."""
+    lan.start_udp_sink(host="0.0.0.0", port=port)
+    with open_capture(f"host {GOOGLE}") as cap:
+        with lan.socket(lan.speaker, socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for i in range(30):
+                sender.sendto(b"x" * 100, (GOOGLE if i % 3 == 0 else APPLE, port))
+        batches = read_until(cap, lambda bs: count(bs) >= 10, seconds=5)
+        batches += read_until(cap, None, seconds=0.3)  # anything the filter wrongly let in
+        frames = [f for b in batches for f in ipv4_frames(b)]
+        assert len(frames) == 10
+        assert {f[1] for f in frames} == {GOOGLE}
+
+
+def test_tcp_bytes_seen_match_bytes_sent(lan: HomeLan) -> None:
+    check_tcp_bytes_seen(lan, lambda bpf: gateway_capture(lan, bpf), 9001)
 
 
 @pytest.mark.parametrize("kernel_ts", [True, False], ids=["kernel-ts", "user-ts"])
@@ -136,17 +166,7 @@ def test_udp_counts_bytes_and_stats(lan: HomeLan, kernel_ts: bool) -> None:
 
 
 def test_filter_restricts_to_one_host(lan: HomeLan) -> None:
-    lan.start_udp_sink(host="0.0.0.0", port=4431)
-    with gateway_capture(lan, f"host {GOOGLE}") as cap:
-        sender = lan.socket(lan.speaker, socket.AF_INET, socket.SOCK_DGRAM)
-        with sender:
-            for i in range(30):
-                sender.sendto(b"x" * 100, (GOOGLE if i % 3 == 0 else APPLE, 4431))
-        batches = read_until(cap, lambda bs: sum(len(b) for b in bs) >= 10, seconds=5)
-        batches += read_until(cap, None, seconds=0.3)  # anything the filter wrongly let in
-        frames = [f for b in batches for f in ipv4_frames(b)]
-        assert len(frames) == 10
-        assert {f[1] for f in frames} == {GOOGLE}
+    check_filter_one_host(lan, lambda bpf: gateway_capture(lan, bpf), 4431)
 
 
 def test_read_batch_bounds(lan: HomeLan) -> None:

@@ -7,7 +7,7 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -16,7 +16,13 @@ from spyglass.capture import CaptureStats, InterfaceGone, LiveCapture
 from spyglass.capture.live import open_capture_source
 from spyglass.capture.ring import RingCapture, RingUnavailable
 from spyglass.core.frames import FrameBatch
-from tests.capture.test_live import ipv4_frames
+from tests.capture.test_live import (
+    check_filter_one_host,
+    check_tcp_bytes_seen,
+    count,
+    ipv4_frames,
+    read_until,
+)
 from tests.netlab.lan import (
     CLOUD_IP,
     GATEWAY_LAN_IF,
@@ -30,7 +36,6 @@ pytestmark = pytest.mark.root
 
 GOOGLE = VENDOR_HOSTS["www.google.com"]
 APPLE = VENDOR_HOSTS["guzzoni.apple.com"]
-type Source = LiveCapture | RingCapture
 
 
 @pytest.fixture(scope="module")
@@ -43,25 +48,6 @@ def ring_on_gateway(
     lan: HomeLan, bpf: str | None, ifname: str = GATEWAY_LAN_IF, **kw: object
 ) -> RingCapture:
     return lan.call(lan.gateway, RingCapture, ifname, bpf, block_count=8, **kw)
-
-
-def read_until(
-    cap: Source, done: Callable[[list[FrameBatch]], bool] | None, seconds: float = 10, **kw: int
-) -> list[FrameBatch]:
-    """Batches until ``done(batches)`` holds or the time runs out (a bound, not a measurement)."""
-    batches: list[FrameBatch] = []
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        batch = cap.read_batch(timeout_s=0.1, **kw)
-        if len(batch):
-            batches.append(batch)
-        if done is not None and done(batches):
-            break
-    return batches
-
-
-def count(batches: list[FrameBatch]) -> int:
-    return sum(len(b) for b in batches)
 
 
 def frames_of(batches: list[FrameBatch]) -> list[tuple[bytes, int, int]]:
@@ -129,43 +115,11 @@ def test_small_frames_exact_with_payloads_that_look_like_ring_headers(
 
 
 def test_tcp_bytes_seen_match_bytes_sent(lan: HomeLan) -> None:
-    sink = lan.start_tcp_sink(port=9011)
-    payload = bytes(range(256)) * 1000
-    with ring_on_gateway(lan, "tcp and port 9011") as cap:
-        client = lan.socket(lan.speaker)
-        client.settimeout(10)
-        client.connect((CLOUD_IP, 9011))
-        client.sendall(payload)
-        client.close()
-        assert sink.wait_bytes(len(payload))
-
-        def upstream(batches: list[FrameBatch]) -> tuple[int, bool]:
-            sent, fin = 0, False
-            for b in batches:
-                for src, _dst, _p, _sp, _dp, n, flags in ipv4_frames(b):
-                    if src == SPEAKER_IP:
-                        sent += n
-                        fin = fin or bool(flags[0] & 0x01)
-            return sent, fin
-
-        batches = read_until(cap, lambda bs: upstream(bs) == (len(payload), True))
-        assert upstream(batches) == (len(payload), True)
-        for b in batches:
-            assert all(p == 6 and 9011 in (sp, dp) for _s, _d, p, sp, dp, _n, _f in ipv4_frames(b))
-            assert len(list(ipv4_frames(b))) == len(b)
+    check_tcp_bytes_seen(lan, lambda bpf: ring_on_gateway(lan, bpf), 9011)
 
 
 def test_filter_restricts_to_one_host(lan: HomeLan) -> None:
-    lan.start_udp_sink(host="0.0.0.0", port=4441)
-    with ring_on_gateway(lan, f"host {GOOGLE}") as cap:
-        with lan.socket(lan.speaker, socket.AF_INET, socket.SOCK_DGRAM) as sender:
-            for i in range(30):
-                sender.sendto(b"x" * 100, (GOOGLE if i % 3 == 0 else APPLE, 4441))
-        batches = read_until(cap, lambda bs: count(bs) >= 10, seconds=5)
-        batches += read_until(cap, None, seconds=0.3)  # anything the filter wrongly let in
-        frames = [f for b in batches for f in ipv4_frames(b)]
-        assert len(frames) == 10
-        assert {f[1] for f in frames} == {GOOGLE}
+    check_filter_one_host(lan, lambda bpf: ring_on_gateway(lan, bpf), 4441)
 
 
 @pytest.mark.parametrize("port,bpf", [(4442, "udp and dst port 4442"), (4446, None)],
