@@ -15,31 +15,16 @@ from typing import Any
 import pytest
 
 from spyglass.agent.server import AgentServer, StoreBackend
-from spyglass.core.models import Device, SeriesPoint, Upload
+from spyglass.core.models import Device, SeriesPoint
 from spyglass.store.db import Store
 
-ECHO = "68:db:f5:c1:c0:01"
-NEST = "1c:f2:9a:c1:c0:05"
-T0 = 1_700_000_000
+# The same devices and upload as the store tests; ECHO, NEST, T0 and make_upload are imported
+# from here by the agent and API tests.
+from tests.store.helpers import ECHO, NEST, T0
+from tests.store.helpers import upload as make_upload
+
 DAY = 86_400
 STATUS = {"mode": "passive", "interface": "eth0", "capture_rate_pps": 120.5, "kernel_drops": 3}
-
-
-def make_upload(start: float, mac: str = ECHO, nbytes: int = 31_000) -> Upload:
-    return Upload(
-        device_mac=mac,
-        start=start,
-        end=start + 4.5,
-        bytes_up=nbytes,
-        peak_bps=15_000,
-        destination="bob-dispatch-prod-na.amazon.com",
-        remote_ip="52.1.2.3",
-        proto="tcp",
-        port=443,
-        assistant="alexa",
-        confidence=0.9,
-        evidence=["sustained upstream 4.5 s"],
-    )
 
 
 def fill(store: Store) -> None:
