@@ -123,6 +123,20 @@ def check_tcp_bytes_seen(lan: HomeLan, open_capture: Callable[[str], Source], po
             assert (b.linktype == 1).all()
 
 
+def check_missing_and_non_ethernet(
+    lan: HomeLan, open_on: Callable[[str], Source], tun: str
+) -> None:
+    """No such interface: InterfaceGone; a TUN device (no Ethernet header): ValueError."""
+    with pytest.raises(InterfaceGone, match="'nosuch0' does not exist"):
+        open_on("nosuch0")
+    lan.run(lan.gateway, "ip", "tuntap", "add", "mode", "tun", "name", tun)
+    try:
+        with pytest.raises(ValueError, match="not Ethernet"):
+            open_on(tun)
+    finally:
+        lan.run(lan.gateway, "ip", "link", "del", tun, check=False)
+
+
 def check_filter_one_host(lan: HomeLan, open_capture: Callable[[str], Source], port: int) -> None:
     """A ``host`` filter lets through the frames to that host and none to another."""
     lan.start_udp_sink(host="0.0.0.0", port=port)
@@ -229,14 +243,7 @@ def test_interface_removal_raises_interface_gone(lan: HomeLan) -> None:
 
 
 def test_missing_and_non_ethernet_interfaces(lan: HomeLan) -> None:
-    with pytest.raises(InterfaceGone, match="'nosuch0' does not exist"):
-        gateway_capture(lan, None, ifname="nosuch0")
-    lan.run(lan.gateway, "ip", "tuntap", "add", "mode", "tun", "name", "tun7")
-    try:
-        with pytest.raises(ValueError, match="not Ethernet"):
-            gateway_capture(lan, None, ifname="tun7")
-    finally:
-        lan.run(lan.gateway, "ip", "link", "del", "tun7", check=False)
+    check_missing_and_non_ethernet(lan, lambda ifname: gateway_capture(lan, None, ifname), "tun7")
 
 
 def test_interface_subnets(lan: HomeLan) -> None:

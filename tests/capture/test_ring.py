@@ -17,7 +17,10 @@ from spyglass.capture.live import open_capture_source
 from spyglass.capture.ring import RingCapture, RingUnavailable
 from spyglass.core.frames import FrameBatch
 from tests.capture.test_live import (
+    APPLE,
+    GOOGLE,
     check_filter_one_host,
+    check_missing_and_non_ethernet,
     check_tcp_bytes_seen,
     count,
     ipv4_frames,
@@ -27,15 +30,11 @@ from tests.netlab.lan import (
     CLOUD_IP,
     GATEWAY_LAN_IF,
     SPEAKER_IP,
-    VENDOR_HOSTS,
     HomeLan,
     lan_or_skip,
 )
 
 pytestmark = pytest.mark.root
-
-GOOGLE = VENDOR_HOSTS["www.google.com"]
-APPLE = VENDOR_HOSTS["guzzoni.apple.com"]
 
 
 @pytest.fixture(scope="module")
@@ -292,14 +291,7 @@ def test_promisc_while_open(lan: HomeLan) -> None:
 
 
 def test_missing_and_non_ethernet_interfaces(lan: HomeLan) -> None:
-    with pytest.raises(InterfaceGone, match="'nosuch0' does not exist"):
-        ring_on_gateway(lan, None, ifname="nosuch0")
-    lan.run(lan.gateway, "ip", "tuntap", "add", "mode", "tun", "name", "tun8")
-    try:
-        with pytest.raises(ValueError, match="not Ethernet"):
-            ring_on_gateway(lan, None, ifname="tun8")
-    finally:
-        lan.run(lan.gateway, "ip", "link", "del", "tun8", check=False)
+    check_missing_and_non_ethernet(lan, lambda ifname: ring_on_gateway(lan, None, ifname), "tun8")
 
 
 def test_bad_arguments_are_clear_value_errors() -> None:

@@ -14,7 +14,6 @@ a dead run (their pid is gone) are swept before a new one is built (nslab.py's h
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
@@ -25,7 +24,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
-from tests.netlab.nslab import NamespaceLab, lab_id, lab_or_skip, sweep_dead
+from tests.netlab.nslab import NamespaceLab, lab_or_skip, sweep_dead
 from tests.netlab.nslab import ip as _ip
 
 NET = "10.79.0.0/24"
@@ -46,7 +45,6 @@ _HOSTS = {  # role -> (namespace prefix, ip, mac)
     "other": ("sg-fx", OTHER_IP, OTHER_MAC),
 }
 _NAME_RE = re.compile(r"^sg-f(?:sw|rt|spk|spy|x)-(\d+)(?:-\d+)?$")
-_counter = itertools.count()
 
 
 def sweep_leftovers() -> list[str]:
@@ -59,7 +57,6 @@ class FlatLan(NamespaceLab):
 
     def __init__(self) -> None:
         super().__init__()
-        self.id = lab_id(_counter)
         self.switch = f"sg-fsw-{self.id}"
         self.router = f"sg-frt-{self.id}"
         self.speaker = f"sg-fspk-{self.id}"

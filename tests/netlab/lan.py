@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import itertools
 import re
 import socket
 import ssl
@@ -37,7 +36,6 @@ from typing import Any
 from tests.netlab.nslab import (  # noqa: F401
     LabUnavailable,
     NamespaceLab,
-    lab_id,
     lab_or_skip,
     lab_unavailable_reason,
     list_namespaces,
@@ -75,7 +73,6 @@ VENDOR_HOSTS: dict[str, str] = {
 
 Socket = socket.socket  # the class's socket() method shadows the module in annotations
 _NAME_RE = re.compile(r"^sg-(spk|gw|cloud)-(\d+)(?:-\d+)?$")
-_counter = itertools.count()
 
 
 def sweep_leftovers() -> list[str]:
@@ -88,7 +85,6 @@ class HomeLan(NamespaceLab):
 
     def __init__(self) -> None:
         super().__init__()
-        self.id = lab_id(_counter)
         self.speaker = f"sg-spk-{self.id}"
         self.gateway = f"sg-gw-{self.id}"
         self.cloud = f"sg-cloud-{self.id}"

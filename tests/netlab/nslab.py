@@ -75,19 +75,22 @@ def sweep_dead(name_re: re.Pattern[str], pid_group: int) -> list[str]:
     return swept
 
 
-def lab_id(counter: itertools.count[int]) -> str:
-    """The pid (so a later run can tell the lab's owner is dead), then a count in this process."""
-    n = next(counter)
-    return f"{os.getpid()}" + (f"-{n}" if n else "")
-
-
 class NamespaceLab:
     """Namespaces a subclass builds in ``_build()`` and tears down in ``close()``. A context
     manager: entering sweeps dead runs' leftovers first, and a failed build is closed at once."""
 
     namespaces: tuple[str, ...] = ()
+    _counter: itertools.count[int] = itertools.count()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._counter = itertools.count()  # each kind of lab numbers its own
 
     def __init__(self) -> None:
+        # The pid (so a later run can tell the lab's owner is dead), then a count in this
+        # process; subclasses name their namespaces after it.
+        n = next(self._counter)
+        self.id = f"{os.getpid()}" + (f"-{n}" if n else "")
         self._procs: list[subprocess.Popen[Any]] = []
 
     def __enter__(self) -> Self:
