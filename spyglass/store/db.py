@@ -18,8 +18,6 @@ from spyglass.store import migrations, paths
 from spyglass.store.reads import StoreReads
 from spyglass.store.records import (
     DEFAULT_RETENTION_DAYS,
-    KEPT_BATCH,
-    KEPT_CAPTURE,
     KEPT_NOTHING_CHANGED,
     VERDICTS,
     AnalysisLike,
@@ -37,9 +35,6 @@ from spyglass.store.writes import StoreWrites
 # Importable from here as before the store was split into modules.
 __all__ = [
     "DEFAULT_RETENTION_DAYS",
-    "KEPT_BATCH",
-    "KEPT_CAPTURE",
-    "KEPT_NOTHING_CHANGED",
     "VERDICTS",
     "AnalysisLike",
     "CaptureSource",
