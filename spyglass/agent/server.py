@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import grp
 import logging
 import os
 import pwd
 import socket
-import stat
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -22,14 +20,21 @@ from pathlib import Path
 from typing import Any
 
 from spyglass import __version__
+from spyglass.agent.apisocket import (
+    DEFAULT_GROUP,
+    AgentServerError,
+    bind_api_socket,
+    unlink_if_ours,
+)
 from spyglass.agent.backend import Backend, StoreBackend
 from spyglass.agent.peercred import group_name, in_group, peer_credentials
 from spyglass.agent.subscriber import Subscriber, wake_all
 from spyglass.api import protocol as p
 from spyglass.core.models import Device, Upload
 
-# Importable from here as before they moved to backend.py and peercred.py.
+# Importable from here as before they moved to their own modules.
 __all__ = [
+    "DEFAULT_GROUP",
     "MAX_CLIENTS",
     "SUBSCRIBER_QUEUE",
     "AgentServer",
@@ -43,14 +48,8 @@ log = logging.getLogger(__name__)
 
 SUBSCRIBER_QUEUE = 1000
 MAX_CLIENTS = 64
-DEFAULT_GROUP = "spyglass"
-_SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes with the terminating NUL
 _READ_CHUNK = 64 * 1024
 _BATCH_BYTES = 16 * 1024
-
-
-class AgentServerError(Exception):
-    """The server could not start (socket in use, bad path, unknown group...)."""
 
 
 class _Connection:
@@ -62,18 +61,6 @@ class _Connection:
     async def send(self, line: bytes) -> None:
         self.writer.write(line)
         await self.writer.drain()
-
-
-def _resolve_group(group: str | int | None) -> int | None:
-    if isinstance(group, int):
-        return group
-    name = group if group is not None else DEFAULT_GROUP
-    try:
-        return grp.getgrnam(name).gr_gid
-    except KeyError:
-        if group is None:
-            return None  # no "spyglass" group on this system: keep the agent's own group
-        raise AgentServerError(f"API socket: group {name!r} does not exist") from None
 
 
 class AgentServer:
@@ -159,77 +146,14 @@ class AgentServer:
         self._unlink_own_socket()
 
     def _unlink_own_socket(self) -> None:
-        # Only our own socket: a newer agent may have replaced the file since.
-        try:
-            st = os.lstat(self.path)
-        except OSError:
-            return
-        if self._identity == (st.st_dev, st.st_ino):
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)
+        unlink_if_ours(self.path, self._identity)
         self._identity = None
 
     def _bind(self) -> socket.socket:
-        tmp = self.path + ".new"
-        if len(os.fsencode(tmp)) > _SUN_PATH_MAX:
-            raise AgentServerError(
-                f"API socket path {self.path} is too long for a Unix socket "
-                f"(at most {_SUN_PATH_MAX - 4} bytes)"
-            )
-        gid = _resolve_group(self.group)
-        parent = os.path.dirname(self.path)
-        try:
-            os.makedirs(parent, mode=0o755, exist_ok=True)
-        except OSError as exc:
-            raise AgentServerError(f"cannot create {parent}: {exc.strerror}") from exc
-        self._check_existing()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            # Bind under a temporary name and rename into place, so the socket is never
-            # reachable with the umask's permissions or the wrong group.
-            sock.bind(tmp)
-            os.chmod(tmp, self.mode)
-            if gid is not None:
-                os.chown(tmp, -1, gid)
-            os.rename(tmp, self.path)
-        except OSError as exc:
-            sock.close()
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise AgentServerError(
-                f"cannot create API socket {self.path}: {exc.strerror or exc}"
-            ) from exc
-        st = os.stat(self.path)
-        self._identity = (st.st_dev, st.st_ino)
-        self.socket_gid = st.st_gid
-        sock.setblocking(False)
-        return sock
-
-    def _check_existing(self) -> None:
-        try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
-            return
-        if not stat.S_ISSOCK(st.st_mode):
-            raise AgentServerError(f"{self.path} exists and is not a socket; not replacing it")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        probe.settimeout(1.0)
-        try:
-            probe.connect(self.path)
-        except ConnectionRefusedError:
-            log.warning("replacing stale API socket %s (its agent is gone)", self.path)
-            return
-        except OSError as exc:
-            raise AgentServerError(
-                f"cannot tell whether an agent still listens on {self.path}: {exc}"
-            ) from exc
-        finally:
-            probe.close()
-        raise AgentServerError(
-            f"another agent is already listening on {self.path}; stop it first"
+        sock, self._identity, self.socket_gid = bind_api_socket(
+            self.path, self.mode, self.group, log
         )
+        return sock
 
     def _run(
         self,
