@@ -18,12 +18,14 @@ from spyglass.agent.server import AgentServer, StoreBackend
 from spyglass.core.models import Device, SeriesPoint
 from spyglass.store.db import Store
 
-# The same devices and upload as the store tests; ECHO, NEST, T0 and make_upload are imported
-# from here by the agent and API tests.
-from tests.store.helpers import ECHO, NEST, T0
-from tests.store.helpers import upload as make_upload
+# The same devices and upload as the store tests (the agent and API tests import them from here).
+from tests.store.helpers import ECHO as ECHO
+from tests.store.helpers import NEST as NEST
+from tests.store.helpers import T0 as T0
+from tests.store.helpers import upload
 
 DAY = 86_400
+make_upload = upload
 STATUS = {"mode": "passive", "interface": "eth0", "capture_rate_pps": 120.5, "kernel_drops": 3}
 
 

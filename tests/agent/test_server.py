@@ -138,20 +138,22 @@ def test_not_utf8_and_not_an_object(raw: Raw) -> None:
     assert raw.ask({"v": 1, "id": 3, "op": "hello"})["ok"] is True
 
 
-def test_unknown_op_names_the_known_ones(raw: Raw) -> None:
-    reply = raw.ask({"v": 1, "id": 9, "op": "reboot"})
-    assert error_of(reply) == "unknown_op"
-    assert reply["id"] == 9
-    assert "devices" in reply["error"]["message"]
-    assert raw.ask({"v": 1, "id": 10, "op": "hello"})["ok"] is True
-
-
-def test_wrong_version_names_the_supported_ones(raw: Raw) -> None:
-    reply = raw.ask({"v": 2, "id": 11, "op": "hello"})
-    assert error_of(reply) == "unsupported_version"
-    assert reply["id"] == 11
-    assert "speaks 1" in reply["error"]["message"]
-    assert raw.ask({"v": 1, "id": 12, "op": "hello"})["ok"] is True
+@pytest.mark.parametrize(
+    ("request_", "code", "named"),
+    [
+        ({"v": 1, "id": 9, "op": "reboot"}, "unknown_op", "devices"),
+        ({"v": 2, "id": 11, "op": "hello"}, "unsupported_version", "speaks 1"),
+    ],
+    ids=["unknown-op-names-the-known-ones", "wrong-version-names-the-supported-ones"],
+)
+def test_refusal_names_what_is_supported(
+    raw: Raw, request_: dict[str, Any], code: str, named: str
+) -> None:
+    reply = raw.ask(request_)
+    assert error_of(reply) == code
+    assert reply["id"] == request_["id"]
+    assert named in reply["error"]["message"]
+    assert raw.ask({"v": 1, "id": request_["id"] + 1, "op": "hello"})["ok"] is True
 
 
 def test_oversized_line_is_skipped_to_its_end(raw: Raw) -> None:

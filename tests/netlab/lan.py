@@ -32,16 +32,12 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-# LabUnavailable, lab_unavailable_reason and list_namespaces: tests import them from here.
-from tests.netlab.nslab import (  # noqa: F401
-    LabUnavailable,
-    NamespaceLab,
-    lab_or_skip,
-    lab_unavailable_reason,
-    list_namespaces,
-    sweep_dead,
-)
+# "X as X": LabUnavailable, lab_unavailable_reason and list_namespaces are imported from here.
+from tests.netlab.nslab import LabUnavailable as LabUnavailable
+from tests.netlab.nslab import NamespaceLab, lab_or_skip, sweep_dead
 from tests.netlab.nslab import ip as _ip
+from tests.netlab.nslab import lab_unavailable_reason as lab_unavailable_reason
+from tests.netlab.nslab import list_namespaces as list_namespaces
 
 SPEAKER_IP = "10.77.0.2"
 GATEWAY_LAN_IP = "10.77.0.1"
