@@ -128,6 +128,10 @@ def _run_status(args: argparse.Namespace) -> int:
     print(f"LAN: {', '.join(st.get('lan') or [])}")
     print(f"packets: {st.get('packets', 0):,}  rate: {st.get('capture_rate_pps', 0):,.0f}/s  "
           f"kernel drops: {st.get('kernel_drops', 0):,}")
+    dropped = st.get("dropped") or {}
+    print(f"undecodable frames: {st.get('malformed', 0):,}  non-IP: {st.get('non_ip', 0):,}  "
+          f"per-second points lost while the store was down: "
+          f"{dropped.get('series_points', 0):,}")
     print(f"devices: {st.get('devices', 0)}  watched: {len(st.get('watched') or [])}  "
           f"uploads this run: {st.get('uploads', 0)}")
     for prob in st.get("problems") or []:
