@@ -137,6 +137,52 @@ def check_missing_and_non_ethernet(
         lan.run(lan.gateway, "ip", "link", "del", tun, check=False)
 
 
+def veth_pair(lan: HomeLan) -> None:
+    """tap0 (to capture on) and tap1 (to inject into) in the gateway namespace."""
+    lan.run(lan.gateway, "ip", "link", "add", "tap0", "type", "veth", "peer", "name", "tap1")
+    lan.run(lan.gateway, "ip", "link", "set", "tap0", "up")
+    lan.run(lan.gateway, "ip", "link", "set", "tap1", "up")
+
+
+def inject(lan: HomeLan, frames: int) -> None:
+    """``frames`` broadcast frames of ethertype 0x88b5 (78 bytes each) sent into tap1."""
+    sock = lan.call(lan.gateway, socket.socket, socket.AF_PACKET, socket.SOCK_RAW, 0)
+    with sock:
+        sock.bind(("tap1", 0))
+        frame = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + b"\x88\xb5" + b"spyglass" * 8
+        for _ in range(frames):
+            sock.send(frame)
+
+
+def check_unplug_and_reopen(lan: HomeLan, cap: Source) -> list[FrameBatch]:
+    """``cap`` on tap0 (from veth_pair): 5 frames queued, then tap0 unplugged. The 5 are handed
+    out, then InterfaceGone on every read; reopen gives up while tap0 is absent and finds it
+    once plugged back in. Returns the batches holding the one frame sent after that."""
+    inject(lan, 5)
+    end = time.monotonic() + 5  # let the veth deliver before the unplug
+    while cap.stats().packets < 5 and time.monotonic() < end:
+        time.sleep(0.01)
+    lan.delete_link(lan.gateway, "tap0")
+    seen = 0
+    with pytest.raises(InterfaceGone, match="'tap0' was removed") as info:
+        for _ in range(10):
+            seen += len(cap.read_batch(timeout_s=0.5))
+    assert seen == 5  # what was queued before the removal is handed out first
+    assert info.value.ifname == "tap0"
+    with pytest.raises(InterfaceGone):
+        cap.read_batch()
+    with pytest.raises(InterfaceGone, match="gave up after 2 tries"):
+        cap.reopen(attempts=2, delay_s=0.01)
+    # Plugged back in: reopen (from this thread, in the host namespace) finds it in the
+    # gateway namespace where the capture was opened.
+    veth_pair(lan)
+    cap.reopen(attempts=2, delay_s=0.01)
+    inject(lan, 1)
+    batches = read_until(cap, lambda bs: count(bs) >= 1, seconds=5)
+    assert count(batches) == 1
+    return batches
+
+
 def check_filter_one_host(lan: HomeLan, open_capture: Callable[[str], Source], port: int) -> None:
     """A ``host`` filter lets through the frames to that host and none to another."""
     lan.start_udp_sink(host="0.0.0.0", port=port)
@@ -199,43 +245,10 @@ def test_read_batch_bounds(lan: HomeLan) -> None:
 
 
 def test_interface_removal_raises_interface_gone(lan: HomeLan) -> None:
-    lan.run(lan.gateway, "ip", "link", "add", "tap0", "type", "veth", "peer", "name", "tap1")
-    lan.run(lan.gateway, "ip", "link", "set", "tap0", "up")
-    lan.run(lan.gateway, "ip", "link", "set", "tap1", "up")
+    veth_pair(lan)
     cap = gateway_capture(lan, "ether proto 0x88b5", ifname="tap0")
     try:
-        inject = lan.call(lan.gateway, socket.socket, socket.AF_PACKET, socket.SOCK_RAW, 0)
-        with inject:
-            inject.bind(("tap1", 0))
-            frame = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + b"\x88\xb5" + b"spyglass" * 8
-            for _ in range(5):
-                inject.send(frame)
-        end = time.monotonic() + 5  # let the veth deliver before the unplug
-        while cap.stats().packets < 5 and time.monotonic() < end:
-            time.sleep(0.01)
-        lan.delete_link(lan.gateway, "tap0")
-        seen = 0
-        with pytest.raises(InterfaceGone, match="'tap0' was removed") as info:
-            for _ in range(10):
-                seen += len(cap.read_batch(timeout_s=0.5))
-        assert seen == 5  # what was queued before the removal is handed out first
-        assert info.value.ifname == "tap0"
-        with pytest.raises(InterfaceGone):
-            cap.read_batch()
-        with pytest.raises(InterfaceGone, match="gave up after 2 tries"):
-            cap.reopen(attempts=2, delay_s=0.01)
-        # Plugged back in: reopen (from this thread, in the host namespace) finds it in the
-        # gateway namespace where the capture was opened.
-        lan.run(lan.gateway, "ip", "link", "add", "tap0", "type", "veth", "peer", "name", "tap1")
-        lan.run(lan.gateway, "ip", "link", "set", "tap0", "up")
-        lan.run(lan.gateway, "ip", "link", "set", "tap1", "up")
-        cap.reopen(attempts=2, delay_s=0.01)
-        inject = lan.call(lan.gateway, socket.socket, socket.AF_PACKET, socket.SOCK_RAW, 0)
-        with inject:
-            inject.bind(("tap1", 0))
-            inject.send(frame)
-        batches = read_until(cap, lambda bs: len(bs) >= 1, seconds=5)
-        assert sum(len(b) for b in batches) == 1
+        check_unplug_and_reopen(lan, cap)
         assert cap.stats().packets == 6
     finally:
         cap.close()

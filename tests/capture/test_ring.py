@@ -22,9 +22,11 @@ from tests.capture.test_live import (
     check_filter_one_host,
     check_missing_and_non_ethernet,
     check_tcp_bytes_seen,
+    check_unplug_and_reopen,
     count,
     ipv4_frames,
     read_until,
+    veth_pair,
 )
 from tests.netlab.lan import (
     CLOUD_IP,
@@ -216,47 +218,13 @@ def ping(lan: HomeLan, dst: str, payloads: list[bytes]) -> None:
             sock.sendto(struct.pack("!BBH", 8, 0, csum) + body, (dst, 0))
 
 
-def _veth_pair(lan: HomeLan) -> None:
-    lan.run(lan.gateway, "ip", "link", "add", "tap0", "type", "veth", "peer", "name", "tap1")
-    lan.run(lan.gateway, "ip", "link", "set", "tap0", "up")
-    lan.run(lan.gateway, "ip", "link", "set", "tap1", "up")
-
-
-def _inject(lan: HomeLan, frames: int) -> None:
-    inject = lan.call(lan.gateway, socket.socket, socket.AF_PACKET, socket.SOCK_RAW, 0)
-    with inject:
-        inject.bind(("tap1", 0))
-        frame = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + b"\x88\xb5" + b"spyglass" * 8
-        for _ in range(frames):
-            inject.send(frame)
-
-
 def test_interface_removal_raises_interface_gone_and_reopen(lan: HomeLan) -> None:
-    _veth_pair(lan)
+    veth_pair(lan)
     cap = ring_on_gateway(lan, "ether proto 0x88b5", ifname="tap0")
     try:
         old_fd = cap.fileno()
-        _inject(lan, 5)
-        end = time.monotonic() + 5  # let the veth deliver before the unplug
-        while cap.stats().packets < 5 and time.monotonic() < end:
-            time.sleep(0.01)
-        lan.delete_link(lan.gateway, "tap0")
-        seen = 0
-        with pytest.raises(InterfaceGone, match="'tap0' was removed") as info:
-            for _ in range(10):
-                seen += len(cap.read_batch(timeout_s=0.5))
-        assert seen == 5  # what arrived before the removal is handed out first
-        assert info.value.ifname == "tap0"
-        with pytest.raises(InterfaceGone):
-            cap.read_batch()
-        with pytest.raises(InterfaceGone, match="gave up after 2 tries"):
-            cap.reopen(attempts=2, delay_s=0.01)
-        _veth_pair(lan)
-        cap.reopen(attempts=2, delay_s=0.01)  # from this thread, in the gateway namespace
+        batches = check_unplug_and_reopen(lan, cap)
         assert cap.fileno() >= 0 and cap.ring_bytes > 0
-        _inject(lan, 1)
-        batches = read_until(cap, lambda bs: count(bs) >= 1, seconds=5)
-        assert count(batches) == 1
         assert batches[0].wirelen.tolist() == [78]
         assert cap.stats() == CaptureStats(packets=6, drops=0)  # carried over the reopen
     finally:
@@ -268,7 +236,7 @@ def test_interface_removal_raises_interface_gone_and_reopen(lan: HomeLan) -> Non
 
 
 def test_interface_down_raises_interface_gone(lan: HomeLan) -> None:
-    _veth_pair(lan)
+    veth_pair(lan)
     try:
         with ring_on_gateway(lan, None, ifname="tap0") as cap:
             lan.run(lan.gateway, "ip", "link", "set", "tap0", "down")
