@@ -112,7 +112,8 @@ class Agent:
             "problems": [],
             # What never reached the store, by cause: frames the kernel dropped, frames whose
             # headers could not be decoded, per-second points shed while the store was down.
-            "dropped": {"kernel": 0, "malformed": 0, "series_points": 0},
+            "dropped": {"kernel": 0, "malformed": 0, "series_points": 0,
+                        "devices_over_cap": 0, "packets_of_those": 0},
         }
         self.server: AgentServer | None = None
         # Work the API's worker threads hand to the capture thread (which owns the pipeline,
@@ -161,7 +162,7 @@ class Agent:
         lan = cfg.lan or interface_subnets(cfg.interface)
         store = Store.open(cfg.db_path)
         capture_id = store.live_capture(cfg.interface)
-        pipe = Pipeline(lan=lan, vendor_lookup=vendor_for_mac)
+        pipe = Pipeline(lan=lan, vendor_lookup=vendor_for_mac, keep_uploads=False)
         watch = WatchSet(watch_all=cfg.watch_all)
         for mac in [*cfg.watch, *json.loads(store.get_setting("watch", "[]") or "[]")]:
             watch.add(mac, by_user=True)
@@ -235,7 +236,9 @@ class Agent:
                               capture_rate_pps=round(rate, 1), malformed=ps.malformed,
                               non_ip=ps.non_ip, devices=len(pipe.inventory), store_ok=store_ok,
                               dropped={"kernel": st.drops, "malformed": ps.malformed,
-                                       "series_points": self._shed_series})
+                                       "series_points": self._shed_series,
+                                       "devices_over_cap": pipe.inventory.refused,
+                                       "packets_of_those": ps.refused_packets})
         finally:
             self._set(state="stopping")
             pending.uploads.extend(pipe.flush())
@@ -247,7 +250,8 @@ class Agent:
             self.server.stop()
             backend.close()
             store.close()
-            log.info("stopped: %d packets, %d uploads", pipe.stats.packets, len(pipe.uploads()))
+            log.info("stopped: %d packets, %d uploads", pipe.stats.packets,
+                     self.status()["uploads"])
         return 0
 
     # -- control ops (API worker threads → capture thread) --------------------------------
@@ -342,7 +346,7 @@ class Agent:
             if pipe.inventory.is_speaker(mac):
                 changed |= watch.add(mac)
         if new:
-            devices = {d.mac: d for d in pipe.devices()}
+            devices = {d.mac: d for d in pipe.inventory.devices(new)}
             for mac in new:
                 if mac in devices:
                     self._publish("device_seen", device_to_dict(devices[mac]))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from spyglass.core.endpoints import assistant_for_vendor
@@ -27,11 +27,22 @@ class _DeviceState:
     identity: Identity | None = None  # cached; cleared by new evidence
 
 
+MAX_DEVICES = 4096  # a home has tens; more is a flood of made-up MACs
+
+
 class Inventory:
-    def __init__(self, vendor_lookup: VendorLookup | None = None) -> None:
+    def __init__(
+        self, vendor_lookup: VendorLookup | None = None, *, max_devices: int = MAX_DEVICES
+    ) -> None:
         self._vendor_lookup = vendor_lookup
         self._devices: dict[str, _DeviceState] = {}
         self._new: list[str] = []
+        self.max_devices = max_devices
+        self.refused = 0  # sightings of new MACs turned away because the inventory is full
+
+    @property
+    def full(self) -> bool:
+        return len(self._devices) >= self.max_devices
 
     def pop_new(self) -> list[str]:
         """MACs first seen since the last call (the live "device seen" event)."""
@@ -47,6 +58,10 @@ class Inventory:
     def touch(self, mac: str, first: float, last: float) -> _DeviceState:
         st = self._devices.get(mac)
         if st is None:
+            if len(self._devices) >= self.max_devices:
+                # Memory stays bounded: evidence about this MAC goes to a state nobody keeps.
+                self.refused += 1
+                return _DeviceState(mac, None, DeviceIdentifier(), first, last)
             vendor = self._vendor_lookup(mac) if self._vendor_lookup else None
             ident = DeviceIdentifier()
             ident.add_vendor(vendor)
@@ -93,9 +108,14 @@ class Inventory:
             return ident.assistant
         return assistant_for_vendor(self.vendor(mac))
 
-    def devices(self) -> list[Device]:
+    def devices(self, macs: Iterable[str] | None = None) -> list[Device]:
+        """All devices, or just those of ``macs`` that are known, oldest first."""
+        states = (
+            self._devices.values() if macs is None
+            else [self._devices[m] for m in macs if m in self._devices]
+        )
         out = []
-        for st in sorted(self._devices.values(), key=lambda s: s.first_seen):
+        for st in sorted(states, key=lambda s: s.first_seen):
             ident = self.identity(st.mac)
             out.append(
                 Device(

@@ -29,6 +29,7 @@ from spyglass.core.prepare import Prepared, PrepSettings, prepare
 from spyglass.core.slowpath import SlowPath
 
 PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6", 2: "igmp", 50: "esp"}
+_REFUSED: ConnKey = ("", "", "", 0, 0)  # connections of devices the inventory turned away
 SERIES_SETTLE_S = 2  # a second is complete once the capture is this far past it
 
 
@@ -39,6 +40,7 @@ class PipelineStats:
     malformed: int = 0  # frames whose headers could not be decoded
     non_ip: int = 0
     local_only: int = 0  # LAN-to-LAN and multicast: not counted in flows
+    refused_packets: int = 0  # from devices past the inventory's cap (a MAC flood)
     first_ts: float | None = None
     last_ts: float | None = None
     problems: list[str] = field(default_factory=list)
@@ -51,6 +53,7 @@ class Pipeline:
         lan: list[str] | None = None,
         vendor_lookup: VendorLookup | None = None,
         detector_config: DetectorConfig | None = None,
+        keep_uploads: bool = True,
     ) -> None:
         self.lan = LanClassifier(lan)
         self.inventory = Inventory(vendor_lookup)
@@ -69,6 +72,8 @@ class Pipeline:
         self._dirty_flows: set[int] = set()
         self._series: dict[tuple[str, str, int], list[int]] = {}
         self._uploads: list[Upload] = []
+        # A live agent hands uploads to the store as they come and must not hoard them.
+        self.keep_uploads = keep_uploads
 
     # -- public ------------------------------------------------------------------------
     def feed(self, batch: FrameBatch) -> list[Upload]:
@@ -96,18 +101,21 @@ class Pipeline:
         if p.fl_hash.size:
             done = self._aggregate(p)
         done.extend(self.detector.advance(p.t_last))
-        self._uploads.extend(done)
+        if self.keep_uploads:
+            self._uploads.extend(done)
         return done
 
     def advance(self, now: float) -> list[Upload]:
         """The clock reached ``now`` with no packets (live capture): judge idle streams."""
         done = self.detector.advance(now)
-        self._uploads.extend(done)
+        if self.keep_uploads:
+            self._uploads.extend(done)
         return done
 
     def flush(self) -> list[Upload]:
         done = self.detector.flush()
-        self._uploads.extend(done)
+        if self.keep_uploads:
+            self._uploads.extend(done)
         return done
 
     def uploads(self) -> list[Upload]:
@@ -181,8 +189,9 @@ class Pipeline:
                 inv.add_ip(mac, ip, last)
 
     def _aggregate(self, p: Prepared) -> list[Upload]:
-        keys: list[FlowKey] = []
+        keys: list[FlowKey | None] = []  # None: a device the full inventory turned away
         flow_keys, flows, dirty = self._flow_keys, self._flows, self._dirty_flows
+        inv = self.inventory
         for j, (h, pu, pd, bu, bd, first, last) in enumerate(zip(
             p.fl_hash.tolist(), p.fl_pu.tolist(), p.fl_pd.tolist(), p.fl_bu.tolist(),
             p.fl_bd.tolist(), p.fl_first.tolist(), p.fl_last.tolist(), strict=True,
@@ -190,6 +199,10 @@ class Pipeline:
             key = flow_keys.get(h)
             if key is None:
                 key = self._make_key(p, j)
+                if inv.full and key[0] not in inv:
+                    keys.append(None)
+                    self.stats.refused_packets += pu + pd
+                    continue
                 flow_keys[h] = key
             keys.append(key)
             f = flows.get(h)
@@ -214,7 +227,7 @@ class Pipeline:
         remote = ip_str(int(p.fl_rem_hi[j]), int(p.fl_rem_lo[j]))
         return (dev, remote, PROTO_NAMES.get(proto, str(proto)), int(p.fl_port[j]))
 
-    def _add_series(self, p: Prepared, keys: list[FlowKey]) -> None:
+    def _add_series(self, p: Prepared, keys: list[FlowKey | None]) -> None:
         # Series are per (device, remote IP): flows of both protocols and all ports add up.
         series = self._series
         for fi, sec, bu, bd, pu, pd in zip(
@@ -222,6 +235,8 @@ class Pipeline:
             p.se_pu.tolist(), p.se_pd.tolist(), strict=True,
         ):
             fk = keys[fi]
+            if fk is None:
+                continue
             k = (fk[0], fk[1], sec)
             cell = series.get(k)
             if cell is None:
@@ -232,7 +247,7 @@ class Pipeline:
                 cell[2] += pu
                 cell[3] += pd
 
-    def _detect(self, p: Prepared, keys: list[FlowKey]) -> list[Upload]:
+    def _detect(self, p: Prepared, keys: list[FlowKey | None]) -> list[Upload]:
         if not p.co_hash.size:
             return []
         conn_keys: list[ConnKey] = []
@@ -242,15 +257,20 @@ class Pipeline:
         ):
             ck = cache.get(h)
             if ck is None:
-                ck = (*keys[fi], lport)
-                cache[h] = ck
+                fk = keys[fi]
+                ck = (*fk, lport) if fk is not None else _REFUSED
+                if fk is not None:
+                    cache[h] = ck
             conn_keys.append(ck)
         # Bins only for connections carrying media now, or with a stream the detector watches.
         det = self.detector
         watched = np.fromiter(
             (det.is_watching(k) for k in conn_keys), dtype=np.bool_, count=len(conn_keys)
         )
-        take = (p.co_media | watched)[p.bi_conn]
+        refused = np.fromiter(
+            (k is _REFUSED for k in conn_keys), dtype=np.bool_, count=len(conn_keys)
+        )
+        take = ((p.co_media | watched) & ~refused)[p.bi_conn]
         if not take.any():
             return []
         bins = p.bi_bin[take]

@@ -72,3 +72,27 @@ def test_lan_override_changes_what_is_remote(captures: Path) -> None:
     assert r.uploads == []
     with pytest.raises(ValueError, match="not-a-cidr"):
         Pipeline(lan=["not-a-cidr"])
+
+
+def test_device_cap_bounds_a_mac_flood(captures: Path) -> None:
+    """Past the cap, new MACs are counted and turned away; known devices are still analysed."""
+    path = captures / "echodot3a_active.pcap"
+    pipe = Pipeline(vendor_lookup=vendor_for_mac)
+    pipe.inventory.max_devices = 1
+    for batch in open_capture(path):
+        pipe.feed(batch)
+    pipe.flush()
+    assert len(pipe.devices()) == 1
+    assert pipe.inventory.refused > 0 and pipe.stats.refused_packets > 0
+    kept = pipe.devices()[0].mac
+    assert {f.device_mac for f in pipe.flows()} <= {kept}
+    assert all(u.device_mac == kept for u in pipe.uploads())
+
+
+def test_live_pipeline_does_not_hoard_uploads(captures: Path) -> None:
+    pipe = Pipeline(vendor_lookup=vendor_for_mac, keep_uploads=False)
+    got = []
+    for batch in open_capture(captures / "echodot3a_active.pcap"):
+        got += pipe.feed(batch)
+    got += pipe.flush()
+    assert len(got) == 1 and pipe.uploads() == []
