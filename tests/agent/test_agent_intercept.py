@@ -69,7 +69,7 @@ def test_intercepted_speaker_upload_and_true_arp_after_stop(lan: FlatLan, tmp_pa
     # Poisoned: the speaker now reaches the router through the spyglass host's MAC.
     assert lan.neigh(lan.speaker, ROUTER_IP) != ROUTER_MAC
     stream(lan, 3.0)
-    uploads: list = []
+    uploads: list[Any] = []
     deadline = time.monotonic() + 10
     with AgentClient(str(sock), timeout=5) as c:
         while time.monotonic() < deadline and not uploads:

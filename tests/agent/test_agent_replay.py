@@ -7,6 +7,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,7 +49,7 @@ def test_live_agent_matches_analyze(
         )
         report = replay(lan, plan)
         assert report.errors == []
-        live: list = []
+        live: list[Any] = []
         deadline = time.monotonic() + 10
         with AgentClient(str(sock), timeout=5) as client:
             while time.monotonic() < deadline and len(live) < len(original):
