@@ -7,6 +7,7 @@ import ipaddress
 import json
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -341,13 +342,19 @@ def _add_sim_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--packets", type=int, default=None, metavar="N", help="aim for N packets")
 
 
-def _simulate(out: Path, args: argparse.Namespace) -> Any:
+def _simulate(out: Path, args: argparse.Namespace, start: float | None = None) -> Any:
     try:
         from spyglass.sim.household import simulate_household
     except ImportError as exc:
         raise _Unavailable(f"the traffic simulator is not available ({exc})") from exc
+    if start is None:
+        return simulate_household(
+            out, labels=None, duration_s=args.duration, seed=args.seed,
+            target_packets=args.packets,
+        )
     return simulate_household(
-        out, labels=None, duration_s=args.duration, seed=args.seed, target_packets=args.packets
+        out, labels=None, duration_s=args.duration, seed=args.seed, target_packets=args.packets,
+        start=start,
     )
 
 
@@ -404,7 +411,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="spyglass-demo-") as tmp:
         pcap = Path(tmp) / "household.pcap"
         try:
-            summary = _simulate(pcap, args)
+            # The demo household lived the last few minutes, so its timeline reads as "today".
+            summary = _simulate(pcap, args, start=time.time() - args.duration)
         except _Unavailable as exc:
             print(f"spyglass demo: {exc}", file=sys.stderr)
             return EXIT_FAILED
