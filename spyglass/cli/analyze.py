@@ -417,6 +417,8 @@ def _run_demo(args: argparse.Namespace) -> int:
             print(f"spyglass demo: {exc}", file=sys.stderr)
             return EXIT_FAILED
         with Store.open(db) as store:
+            for old in store.captures():  # each demo shows one household: the latest
+                store.forget_capture(old.id)
             report = analyze_paths([pcap], store=store, progress=sys.stderr)
         if not args.json:
             print(

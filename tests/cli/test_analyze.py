@@ -185,7 +185,7 @@ def test_simulate_and_demo(cli: Cli, tmp_path: Path, data_dir: Path) -> None:
     doc = cli("demo", "--duration", "60", "--json").json()
     assert doc["devices"] and doc["files"][0]["packets"] > 0
     with Store.open(data_dir / "demo.db") as store:
-        assert len(store.captures()) == 1  # the same simulation twice is the same capture
+        assert len(store.captures()) == 1  # a new demo replaces the previous household
 
 
 @pytest.fixture
