@@ -1,9 +1,7 @@
 from __future__ import annotations
 
-import os
 import shutil
 import struct
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,6 +9,7 @@ import pytest
 
 from spyglass.store.db import Store
 from tests.cli.conftest import Ran
+from tests.conftest import mounted_tmpfs
 
 ECHO_FILE = "echodot3a_active.pcap"
 HOMEPOD_FILE = "homepod_FNT_S3E10.pcap"
@@ -190,19 +189,8 @@ def test_simulate_and_demo(cli: Cli, tmp_path: Path, data_dir: Path) -> None:
 
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    with mounted_tmpfs(tmp_path / "mnt", "300k") as mnt:
+        yield mnt
 
 
 @pytest.mark.root

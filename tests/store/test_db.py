@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 import sqlite3
 import stat
 import time
@@ -14,6 +13,7 @@ from hypothesis import strategies as st
 from spyglass.core.models import Device, Flow, SeriesPoint
 from spyglass.store import migrations
 from spyglass.store.db import CaptureSource, Store, StoreError
+from tests.conftest import mounted_tmpfs
 from tests.store.helpers import ECHO, NEST, T0, result, upload
 
 
@@ -389,21 +389,8 @@ def test_query_only_reports_read_only(store: Store) -> None:
 
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    import subprocess
-
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    with mounted_tmpfs(tmp_path / "mnt", "1m") as mnt:
+        yield mnt
 
 
 @pytest.mark.root
