@@ -6,6 +6,7 @@ payload is counted and sampled into the problems list; it never stops the captur
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -123,13 +124,22 @@ class SlowPath:
     def _count(self, kind: str) -> None:
         self.stats.parsed[kind] = self.stats.parsed.get(kind, 0) + 1
 
-    def _arp(self, payload: bytes, ts: float) -> None:
+    def _parse[T](
+        self, name: str, parse: Callable[[bytes], T], payload: bytes, ts: float
+    ) -> T | None:
+        """``parse(payload)``, counted under ``name``; a malformed payload is recorded, None."""
         try:
-            info = parse_arp(payload)
+            out = parse(payload)
         except MalformedPayload as e:
-            self.stats.bad("ARP", ts, e)
+            self.stats.bad(name, ts, e)
+            return None
+        self._count(name.lower())
+        return out
+
+    def _arp(self, payload: bytes, ts: float) -> None:
+        info = self._parse("ARP", parse_arp, payload, ts)
+        if info is None:
             return
-        self._count("arp")
         if info.sender_ip != "0.0.0.0" and info.sender_mac != "00:00:00:00:00:00":
             self.inventory.add_ip(info.sender_mac, info.sender_ip, ts)
 
@@ -157,13 +167,8 @@ class SlowPath:
             self._ssdp(d, i, payload, ts)
 
     def _dns_answer(self, d: Decoded, i: int, payload: bytes, ts: float) -> None:
-        try:
-            msg = parse_dns(payload)
-        except MalformedPayload as e:
-            self.stats.bad("DNS", ts, e)
-            return
-        self._count("dns")
-        if not msg.is_response:
+        msg = self._parse("DNS", parse_dns, payload, ts)
+        if msg is None or not msg.is_response:
             return
         mac = mac_str(int(d.dst_mac[i]))  # the device that asked
         for ip, name in resolve_chain(msg):
@@ -191,12 +196,9 @@ class SlowPath:
         self.inventory.identifier(mac, ts).add_mdns(memo[0])
 
     def _dhcp(self, payload: bytes, ts: float) -> None:
-        try:
-            info = parse_dhcp(payload)
-        except MalformedPayload as e:
-            self.stats.bad("DHCP", ts, e)
+        info = self._parse("DHCP", parse_dhcp, payload, ts)
+        if info is None:
             return
-        self._count("dhcp")
         self.inventory.identifier(info.client_mac, ts).add_dhcp(info)
         if info.your_ip and info.your_ip != "0.0.0.0":
             self.inventory.add_ip(info.client_mac, info.your_ip, ts)
