@@ -140,12 +140,10 @@ def _analyze_one(
             bar = render.ProgressBar.for_file(progress, out.name, out.path.stat().st_size)
         except OSError:
             bar = None
-    # The content hash (the capture's identity in the store) costs about as much as the
-    # analysis on big files: the reader hashes the chunks it reads anyway, on a thread of its own.
     try:
         result = analyze_file(
             out.path, lan=lan, vendor_lookup=lookup, progress=bar.update if bar else None,
-            hash_file=store is not None,
+            fingerprint=store is not None,
         )
     except CaptureFormatError as exc:
         where = "" if exc.reason.startswith("cannot read") else f" at byte {exc.offset}"
@@ -159,12 +157,13 @@ def _analyze_one(
     _judge(out)
     if store is None or result.stats.packets == 0:
         return
-    if not isinstance(result.digest, tuple):
-        out.warnings.append(f"{out.name}: not stored: {result.digest or 'not hashed'}")
+    if not isinstance(result.fingerprint, tuple):
+        why = result.fingerprint or "no fingerprint"
+        out.warnings.append(f"{out.name}: not stored: {why}")
         out.failed = True
         return
-    sha256, size = result.digest
-    source = CaptureSource(path=str(out.path.resolve()), sha256=sha256, size=size)
+    identity, size = result.fingerprint
+    source = CaptureSource(path=str(out.path.resolve()), fingerprint=identity, size=size)
     try:
         out.capture_id = store.record_analysis(source, result)
     except StoreError as exc:
@@ -225,7 +224,7 @@ class AnalysisReport:
             if r is None or r.stats.packets == 0:
                 continue
             part = _Summary(r.devices, r.endpoint_names, r.flows, r.uploads, r.stats)
-            mem.record_analysis(CaptureSource(path=str(o.path), sha256=f"file-{i}"), part)
+            mem.record_analysis(CaptureSource(path=str(o.path), fingerprint=f"file-{i}"), part)
         return mem
 
     def emit(self, as_json: bool, out: Any, err: Any) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 
 from spyglass.core.capfile import CaptureReader, ReadReport, open_capture
 from spyglass.core.detect import DetectorConfig
-from spyglass.core.filehash import FileHasher
+from spyglass.core.fingerprint import capture_fingerprint
 from spyglass.core.frames import FrameBatch
 from spyglass.core.inventory import VendorLookup
 from spyglass.core.models import Device, EndpointName, Flow, SeriesPoint, Upload
@@ -36,8 +36,8 @@ class AnalysisResult:
     stats: PipelineStats
     read_report: ReadReport
     series: list[SeriesPoint] = field(default_factory=list)  # empty when a sink took them
-    # With hash_file: the file's sha256 and size, or why it could not be hashed.
-    digest: tuple[str, int] | str | None = None
+    # With fingerprint: the file's identity and size (core.fingerprint), or why it has none.
+    fingerprint: tuple[str, int] | str | None = None
 
     @property
     def problems(self) -> list[str]:
@@ -54,7 +54,7 @@ def analyze_file(
     series_sink: SeriesSink | None = None,
     detector_config: DetectorConfig | None = None,
     workers: int | None = None,
-    hash_file: bool = False,
+    fingerprint: bool = False,
 ) -> AnalysisResult:
     """Analyse a pcap/pcapng file.
 
@@ -63,8 +63,8 @@ def analyze_file(
     ``series_sink`` the per-second series are handed over as they settle, so memory stays flat
     however long the capture is. ``workers=2`` reads and decodes in a second process, ``1`` does
     everything here; by default a large file uses two processes when the machine has two cores.
-    Both give the same result. ``hash_file`` also computes the file's sha256 (into ``digest``)
-    from the chunks as they are read.
+    Both give the same result. ``fingerprint`` also gives the file's identity for the store
+    (:func:`spyglass.core.fingerprint.capture_fingerprint`, after reading it).
     """
     if workers is None:
         workers = 2 if _cores() >= 2 and _size(path) >= PARALLEL_MIN_BYTES else 1
@@ -77,14 +77,14 @@ def analyze_file(
                 outer(points)
         try:
             return _analyze(
-                path, lan, vendor_lookup, progress, sink, detector_config, True, hash_file
+                path, lan, vendor_lookup, progress, sink, detector_config, True, fingerprint
             )
         except WorkerFailed:
             if handed:
                 raise  # the sink holds part of the series: a second run would double them
             # Otherwise start again in this process.
     return _analyze(
-        path, lan, vendor_lookup, progress, series_sink, detector_config, False, hash_file
+        path, lan, vendor_lookup, progress, series_sink, detector_config, False, fingerprint
     )
 
 
@@ -110,35 +110,23 @@ def _analyze(
     series_sink: SeriesSink | None,
     detector_config: DetectorConfig | None,
     parallel: bool,
-    hash_file: bool,
+    fingerprint: bool,
 ) -> AnalysisResult:
     pipe = Pipeline(lan=lan, vendor_lookup=vendor_lookup, detector_config=detector_config)
     reader: PreparedReader | CaptureReader
-    hasher: FileHasher | None = None
     if parallel:
-        reader = PreparedReader(
-            path, pipe.prep_settings, chunk_bytes=CHUNK_BYTES, hash_file=hash_file
-        )
+        reader = PreparedReader(path, pipe.prep_settings, chunk_bytes=CHUNK_BYTES)
         step: Callable[[Any], object] = partial(_step, pipe)
     else:
         reader = open_capture(path, chunk_bytes=CHUNK_BYTES)
-        if hash_file:
-            hasher = FileHasher(path)
-            reader = open_capture(path, chunk_bytes=CHUNK_BYTES, tap=hasher.tap)
         step = pipe.feed
-    try:
-        kept = _run(pipe, reader, step, progress, series_sink)
-    finally:
-        if hasher is not None:
-            hasher.close()
-    digest: tuple[str, int] | str | None = None
-    if isinstance(reader, PreparedReader):
-        digest = reader.digest
-    elif hasher is not None:
+    kept = _run(pipe, reader, step, progress, series_sink)
+    identity: tuple[str, int] | str | None = None
+    if fingerprint:
         try:
-            digest = hasher.finish()
+            identity = capture_fingerprint(path)
         except OSError as exc:
-            digest = f"cannot read it again: {exc.strerror or exc}"
+            identity = f"cannot read it again: {exc.strerror or exc}"
     return AnalysisResult(
         path=os.fspath(path),
         devices=pipe.devices(),
@@ -148,7 +136,7 @@ def _analyze(
         stats=pipe.stats,
         read_report=reader.report,
         series=kept,
-        digest=digest,
+        fingerprint=identity,
     )
 
 

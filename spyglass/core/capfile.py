@@ -99,17 +99,12 @@ def detect_format(first_bytes: bytes) -> Literal["pcap", "pcapng"] | None:
     return None
 
 
-ChunkTap = Callable[[int, bytes], None]  # (file offset, bytes read there)
-
-
 def open_capture(
-    path: str | os.PathLike[str], *, chunk_bytes: int = 4 << 20, tap: ChunkTap | None = None,
-    map_file: bool = False,
+    path: str | os.PathLike[str], *, chunk_bytes: int = 4 << 20, map_file: bool = False
 ) -> CaptureReader:
-    """A reader for ``path``; raises CaptureFormatError if it is not a readable capture.
-    ``tap`` sees every chunk read (chunks may overlap: a cut record is read again); see
+    """A reader for ``path``; raises CaptureFormatError if it is not a readable capture. See
     :class:`CaptureReader` for ``map_file``."""
-    return CaptureReader(path, chunk_bytes=chunk_bytes, tap=tap, map_file=map_file)
+    return CaptureReader(path, chunk_bytes=chunk_bytes, map_file=map_file)
 
 
 class _Problems:
@@ -726,12 +721,10 @@ class CaptureReader:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, chunk_bytes: int = 4 << 20,
-        tap: ChunkTap | None = None, map_file: bool = False,
+        self, path: str | os.PathLike[str], *, chunk_bytes: int = 4 << 20, map_file: bool = False
     ) -> None:
         self.path = os.fspath(path)
         self._chunk = max(int(chunk_bytes), 256)
-        self._tap = tap
         self._map = map_file
         try:
             with open(self.path, "rb") as fh:
@@ -792,8 +785,6 @@ class CaptureReader:
         fmt: _Format
         if self._fmt_name == "pcap":
             header = fh.read(24)
-            if self._tap is not None:
-                self._tap(0, header)
             fmt = _Pcap(header, problems)
             base = 24
         else:
@@ -808,8 +799,6 @@ class CaptureReader:
                 problems.add("io", base, f"read error at byte {base}: {exc.strerror or exc}")
                 report.stopped_early = True
                 return
-            if self._tap is not None:
-                self._tap(base, buf)
             at_eof = len(buf) < want
             fmt.file_base = base
             self.buf_base, self.buf_len = base, len(buf)

@@ -23,15 +23,14 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from spyglass.core.capfile import CaptureFormatError, ReadReport, open_capture
-from spyglass.core.filehash import FileHasher
 from spyglass.core.frames import FrameBatch
 from spyglass.core.prepare import Prepared, Preparer, PrepSettings
 
 __all__ = ["PreparedReader", "WorkerFailed"]
 
 
-# Every this many batches one is prepared by the caller (0: none). Measured on a 2-core machine
-# with the file hash on: the worker's share (read, walk, hash, prepare) is the larger otherwise.
+# Every this many batches one is prepared by the caller (0: none). Measured on a 2-core machine:
+# the worker's share (read, walk, prepare) is the larger otherwise.
 CALLER_EVERY = 2
 
 
@@ -39,16 +38,11 @@ class WorkerFailed(Exception):
     """The reader process stopped without finishing (killed, out of memory, a bug)."""
 
 
-def _work(
-    conn: Connection, path: str, chunk_bytes: int, settings: PrepSettings, hash_file: bool
-) -> None:
+def _work(conn: Connection, path: str, chunk_bytes: int, settings: PrepSettings) -> None:
     # Ctrl-C reaches the whole process group: the parent decides, and ends this process.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    hasher = FileHasher(path) if hash_file else None
     try:
-        reader = open_capture(
-            path, chunk_bytes=chunk_bytes, tap=hasher.tap if hasher else None, map_file=True
-        )
+        reader = open_capture(path, chunk_bytes=chunk_bytes, map_file=True)
         prep = Preparer(settings)
         for i, batch in enumerate(reader):
             if CALLER_EVERY and i % CALLER_EVERY == CALLER_EVERY - 1:
@@ -57,13 +51,7 @@ def _work(
                 conn.send(("frames", table, reader.bytes_read))
             else:
                 conn.send(("batch", prep(batch), reader.bytes_read))
-        digest: tuple[str, int] | str | None = None
-        if hasher is not None:
-            try:
-                digest = hasher.finish()
-            except OSError as exc:
-                digest = f"cannot read it again: {exc.strerror or exc}"
-        conn.send(("end", (reader.report, digest), reader.bytes_read))
+        conn.send(("end", reader.report, reader.bytes_read))
     except CaptureFormatError as exc:
         _tell(conn, ("format", (exc.path, exc.offset, exc.reason), 0))
     except (BrokenPipeError, ConnectionResetError):
@@ -71,8 +59,6 @@ def _work(
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides
         _tell(conn, ("error", f"{type(exc).__name__}: {exc}", 0))
     finally:
-        if hasher is not None:
-            hasher.close()
         conn.close()
 
 
@@ -85,15 +71,13 @@ class PreparedReader:
     """Iterate over a file's batches, read by a worker process: each either :class:`Prepared`
     there, or a :class:`FrameBatch` (read here) for the caller to prepare.
 
-    After the iteration, ``report`` is the reader's :class:`ReadReport` (and ``digest`` the file's
-    sha256 and size, with ``hash_file``). Raises
+    After the iteration, ``report`` is the reader's :class:`ReadReport`. Raises
     :class:`CaptureFormatError` as :func:`open_capture` does, and :class:`WorkerFailed` when the
     worker dies; both before any batch, or mid-file for the latter.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], settings: PrepSettings, *, chunk_bytes: int,
-        hash_file: bool = False,
+        self, path: str | os.PathLike[str], settings: PrepSettings, *, chunk_bytes: int
     ) -> None:
         self.path = os.fspath(path)
         probe = open_capture(self.path, chunk_bytes=chunk_bytes)  # format errors here, at once
@@ -102,19 +86,15 @@ class PreparedReader:
         self.file_size = probe.file_size
         self._settings = settings
         self._chunk = chunk_bytes
-        self._hash = hash_file
-        # With hash_file: (sha256, size) after the iteration, or why the file could not be hashed.
-        self.digest: tuple[str, int] | str | None = None
 
     def __iter__(self) -> Iterator[Prepared | FrameBatch]:
         ctx = multiprocessing.get_context("fork")  # no re-import: the worker starts at once
         recv, send = ctx.Pipe(duplex=False)
         proc = ctx.Process(
-            target=_work, args=(send, self.path, self._chunk, self._settings, self._hash),
-            daemon=True,
+            target=_work, args=(send, self.path, self._chunk, self._settings), daemon=True
         )
         with warnings.catch_warnings():
-            # A caller's other threads (a hashing thread) hold nothing the child touches: it
+            # A caller's other threads, if any, hold nothing the child touches: it
             # only reads the file and runs numpy on its own arrays.
             warnings.simplefilter("ignore", DeprecationWarning)
             proc.start()
@@ -150,7 +130,7 @@ class PreparedReader:
                 self.bytes_read = bytes_read
                 yield FrameBatch(buf, offset, caplen, wirelen, ts, linktype)
             elif kind == "end":
-                self.report, self.digest = value
+                self.report = value
                 self.bytes_read = bytes_read
                 return
             elif kind == "format":

@@ -1,9 +1,10 @@
 """The Spyglass store: one SQLite file (WAL, foreign keys on) written through sqlite-utils.
 
-Captures are identified by the SHA-256 of their content, so importing a file twice replaces its
-rows instead of doubling them; the whole import is one transaction, so a failure (disk full, a
-locked file) leaves the earlier data exactly as it was. Live traffic goes under a "live" capture
-row per interface and is merged with upserts as the agent drains the pipeline.
+Captures are identified by a fingerprint of their content (spyglass.core.fingerprint), so
+importing a file twice replaces its rows instead of doubling them; the whole import is one
+transaction, so a failure (disk full, a locked file) leaves the earlier data exactly as it was.
+Live traffic goes under a "live" capture row per interface and is merged with upserts as the
+agent drains the pipeline.
 """
 
 from __future__ import annotations

@@ -131,6 +131,14 @@ def m001_initial(db: Database) -> None:
     db.executescript(_SCHEMA_1)
 
 
+@MIGRATIONS()
+def m002_capture_fingerprint(db: Database) -> None:
+    # A file's identity became a sampled fingerprint (spyglass.core.fingerprint) instead of a
+    # full sha256. Old values stay: they can never equal a new one ("fp1:" prefix), so a file
+    # imported before this version and imported again is stored again, once.
+    db.execute("ALTER TABLE captures RENAME COLUMN sha256 TO fingerprint")
+
+
 def known() -> list[str]:
     """Names of every migration this version of Spyglass knows, in order."""
     return [m.name for m in MIGRATIONS._migrations]

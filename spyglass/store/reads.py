@@ -15,12 +15,12 @@ class StoreReads(StoreBase):
     def captures(self) -> list[StoredCapture]:
         with self._guard("reading", KEPT_NOTHING_CHANGED):
             rows = self._conn.execute(
-                "SELECT id, kind, path, sha256, size, packets, first_ts, last_ts, imported_at, "
-                "problems FROM captures ORDER BY id"
+                "SELECT id, kind, path, fingerprint, size, packets, first_ts, last_ts, "
+                "imported_at, problems FROM captures ORDER BY id"
             ).fetchall()
         return [
             StoredCapture(
-                id=r[0], kind=r[1], path=r[2], sha256=r[3], size=r[4], packets=r[5],
+                id=r[0], kind=r[1], path=r[2], fingerprint=r[3], size=r[4], packets=r[5],
                 first_ts=r[6], last_ts=r[7], imported_at=r[8], problems=json_list(r[9]),
             )
             for r in rows

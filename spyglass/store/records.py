@@ -4,7 +4,6 @@ structural types of an analysis (so the store does not depend on the pipeline mo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 from collections.abc import Sequence
@@ -12,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from spyglass.core.fingerprint import capture_fingerprint
 from spyglass.core.models import Device, EndpointName, Flow, SeriesPoint, Upload
 
 DEFAULT_RETENTION_DAYS = 365
@@ -66,22 +66,18 @@ class AnalysisLike(Protocol):
 
 @dataclass(slots=True, frozen=True)
 class CaptureSource:
-    """Where an analysis came from: a file (identified by content hash) or a live interface."""
+    """Where an analysis came from: a file (identified by its content's fingerprint, see
+    :mod:`spyglass.core.fingerprint`) or a live interface."""
 
     path: str
-    sha256: str | None = None
+    fingerprint: str | None = None
     size: int | None = None
     kind: str = "file"  # "file" or "live"
 
     @classmethod
     def from_file(cls, path: str | Path) -> CaptureSource:
-        digest = hashlib.sha256()
-        size = 0
-        with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
-                size += len(chunk)
-        return cls(path=str(Path(path).resolve()), sha256=digest.hexdigest(), size=size)
+        identity, size = capture_fingerprint(path)
+        return cls(path=str(Path(path).resolve()), fingerprint=identity, size=size)
 
     @classmethod
     def live(cls, name: str) -> CaptureSource:
@@ -102,7 +98,7 @@ class StoredCapture:
     id: int
     kind: str
     path: str
-    sha256: str | None
+    fingerprint: str | None
     size: int | None
     packets: int
     first_ts: float | None

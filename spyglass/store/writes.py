@@ -204,16 +204,17 @@ class StoreWrites(StoreBase):
                 "SELECT id, first_ts, last_ts FROM captures WHERE kind = 'live' AND path = ?",
                 (source.path,),
             ).fetchone()
-        elif source.sha256 is not None:
+        elif source.fingerprint is not None:
             row = conn.execute(
-                "SELECT id, first_ts, last_ts FROM captures WHERE sha256 = ?", (source.sha256,)
+                "SELECT id, first_ts, last_ts FROM captures WHERE fingerprint = ?",
+                (source.fingerprint,),
             ).fetchone()
         else:
             row = None
         values = {
             "kind": source.kind,
             "path": source.path,
-            "sha256": source.sha256,
+            "fingerprint": source.fingerprint,
             "size": source.size,
             "packets": packets,
             "first_ts": first_ts,
@@ -223,8 +224,8 @@ class StoreWrites(StoreBase):
         }
         if row is None:
             cur = conn.execute(
-                "INSERT INTO captures (kind, path, sha256, size, packets, first_ts, last_ts, "
-                "imported_at, problems) VALUES (:kind, :path, :sha256, :size, :packets, "
+                "INSERT INTO captures (kind, path, fingerprint, size, packets, first_ts, last_ts, "
+                "imported_at, problems) VALUES (:kind, :path, :fingerprint, :size, :packets, "
                 ":first_ts, :last_ts, :imported_at, :problems)",
                 values,
             )

@@ -11,7 +11,7 @@ the process and its reader process). Run it on a quiet machine: figures from a l
 more about the load than about Spyglass, so the load average is printed beside them.
 
 `spyglass analyze` reads a large file in two processes (spyglass.core.parallel); CPU time is
-the sum over both, plus the sha256 of the file that the reader computes on a thread.
+the sum over both.
 """
 
 from __future__ import annotations

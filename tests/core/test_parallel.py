@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from spyglass.adapters.oui import vendor_for_mac
 from spyglass.core import analyze, parallel
 from spyglass.core.analyze import AnalysisResult, analyze_file
 from spyglass.core.capfile import CaptureFormatError
+from spyglass.core.fingerprint import capture_fingerprint
 from spyglass.sim.household import simulate_household
 
 
@@ -71,20 +71,20 @@ def test_series_sink_gets_the_same_points(household: Path, small_chunks: None) -
     assert got[1] == got[2] and got[1]
 
 
-def test_file_hash_both_ways(household: Path, small_chunks: None) -> None:
-    want = hashlib.sha256(household.read_bytes()).hexdigest()
-    one, two = both_ways(household, hash_file=True)
-    assert one.digest == two.digest == (want, household.stat().st_size)
+def test_fingerprint_both_ways(household: Path, small_chunks: None) -> None:
+    one, two = both_ways(household, fingerprint=True)
+    assert one.fingerprint == two.fingerprint == capture_fingerprint(household)
 
 
-def test_hash_covers_what_the_reader_did_not_read(tmp_path: Path, household: Path) -> None:
+def test_fingerprint_of_a_file_the_reader_stopped_in(tmp_path: Path, household: Path) -> None:
     data = household.read_bytes()
     cut = data[: len(data) // 2] + b"\xff" * 4096 + data[len(data) // 2 :]  # corrupt middle
     path = tmp_path / "corrupt.pcap"
     path.write_bytes(cut)
-    one, two = both_ways(path, hash_file=True)
+    one, two = both_ways(path, fingerprint=True)
     assert one.read_report.stopped_early
-    assert one.digest == (hashlib.sha256(cut).hexdigest(), len(cut))
+    assert one.fingerprint == two.fingerprint == capture_fingerprint(path)
+    assert isinstance(one.fingerprint, tuple) and one.fingerprint[1] == len(cut)
 
 
 def test_not_a_capture_raises_in_parallel_mode(tmp_path: Path) -> None:

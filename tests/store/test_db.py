@@ -18,7 +18,7 @@ from tests.store.helpers import ECHO, NEST, T0, result, upload
 
 
 def src(tag: str = "a") -> CaptureSource:
-    return CaptureSource(path=f"/tmp/{tag}.pcap", sha256=tag * 64, size=100)
+    return CaptureSource(path=f"/tmp/{tag}.pcap", fingerprint=tag * 64, size=100)
 
 
 @pytest.fixture
@@ -175,14 +175,15 @@ def test_problems_are_recorded(store: Store) -> None:
     assert store.captures()[0].problems == ["3 malformed packets", "byte 1234: cut short"]
 
 
-def test_capture_source_hashes_content(tmp_path: Path) -> None:
+def test_capture_source_fingerprints_content(tmp_path: Path) -> None:
     a, b = tmp_path / "a.pcap", tmp_path / "b.pcap"
     a.write_bytes(b"\x00" * 3_000_000)
     b.write_bytes(b"\x00" * 3_000_000)
     sa, sb = CaptureSource.from_file(a), CaptureSource.from_file(b)
-    assert sa.sha256 == sb.sha256 and sa.size == 3_000_000 and sa.path == str(a.resolve())
+    assert sa.fingerprint == sb.fingerprint and sa.size == 3_000_000
+    assert sa.path == str(a.resolve())
     b.write_bytes(b"\x01")
-    assert CaptureSource.from_file(b).sha256 != sa.sha256
+    assert CaptureSource.from_file(b).fingerprint != sa.fingerprint
 
 
 def test_forget_capture(store: Store) -> None:
