@@ -1,4 +1,4 @@
-"""``spyglass analyze`` (capture files → store + summary), ``simulate`` and ``demo``."""
+"""``spyglass analyze``: capture files → store + summary."""
 
 from __future__ import annotations
 
@@ -6,21 +6,19 @@ import argparse
 import ipaddress
 import json
 import sys
-import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spyglass.cli import render
-from spyglass.cli.main import Command
+from spyglass.cli.storeopen import StoreOpener
 from spyglass.core.models import Device, EndpointName, Flow, SeriesPoint, Upload
-from spyglass.store import paths
-from spyglass.store.db import CaptureSource, StatsLike, Store, StoreError
+from spyglass.store.records import CaptureSource, StatsLike, StoreError
 
 if TYPE_CHECKING:
     from spyglass.core.analyze import AnalysisResult
+    from spyglass.store.db import Store
 
 TOP_PER_DEVICE = 5
 MAX_NOTES = 3
@@ -59,12 +57,11 @@ def _add_analysis_options(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    store = None if args.no_store else Store.open(args.db)
+    opener = StoreOpener(args.db, keep=not args.no_store)
     try:
-        report = analyze_paths(args.files, store=store, lan=args.lan, progress=sys.stderr)
+        report = analyze_paths(args.files, store=opener, lan=args.lan, progress=sys.stderr)
     finally:
-        if store is not None:
-            store.close()
+        opener.close()
     return report.emit(args.json, sys.stdout, sys.stderr)
 
 
@@ -110,23 +107,28 @@ def _vendor_lookup() -> Callable[[str], str | None] | None:
 def analyze_paths(
     files: Sequence[Path],
     *,
-    store: Store | None,
+    store: Store | StoreOpener | None,
     lan: list[str] | None = None,
     progress: Any = None,
 ) -> AnalysisReport:
-    """Analyse each file (one bad file does not stop the others) and store what is usable."""
+    """Analyse each file (one bad file does not stop the others) and store what is usable.
+
+    ``store``: an open store, one being opened (:class:`StoreOpener`, whose failure to open
+    stops everything with its StoreError), or None to keep nothing."""
+    opener = store if isinstance(store, StoreOpener) else StoreOpener.ready(store)
     lookup = _vendor_lookup()
     outcomes: list[FileOutcome] = []
     for path in files:
         out = FileOutcome(path)
         outcomes.append(out)
-        _analyze_one(out, store, lan, lookup, progress)
-    return AnalysisReport(outcomes, store.path if store is not None else None)
+        _analyze_one(out, opener, lan, lookup, progress)
+    store_now = opener.get()  # raises if it could not be opened, even when no file was usable
+    return AnalysisReport(outcomes, store_now.path if store_now is not None else None)
 
 
 def _analyze_one(
     out: FileOutcome,
-    store: Store | None,
+    opener: StoreOpener,
     lan: list[str] | None,
     lookup: Callable[[str], str | None] | None,
     progress: Any,
@@ -140,10 +142,16 @@ def _analyze_one(
             bar = render.ProgressBar.for_file(progress, out.name, out.path.stat().st_size)
         except OSError:
             bar = None
+
+    def advance(done: int, total: int) -> None:
+        opener.check()  # a store that cannot be opened: stop reading now, not at the end
+        if bar is not None:
+            bar.update(done, total)
+
     try:
         result = analyze_file(
-            out.path, lan=lan, vendor_lookup=lookup, progress=bar.update if bar else None,
-            fingerprint=store is not None,
+            out.path, lan=lan, vendor_lookup=lookup, progress=advance,
+            fingerprint=opener.keep, on_start=opener.start,
         )
     except CaptureFormatError as exc:
         where = "" if exc.reason.startswith("cannot read") else f" at byte {exc.offset}"
@@ -155,6 +163,7 @@ def _analyze_one(
             bar.close()
     out.result = result
     _judge(out)
+    store = opener.get()
     if store is None or result.stats.packets == 0:
         return
     if not isinstance(result.fingerprint, tuple):
@@ -218,6 +227,8 @@ class AnalysisReport:
 
     def summary_store(self) -> Store:
         """An in-memory store of the usable results: it merges devices and flows across files."""
+        from spyglass.store.db import Store
+
         mem = Store.memory()
         for i, o in enumerate(self.outcomes):
             r = o.result
@@ -320,114 +331,3 @@ class AnalysisReport:
         note = " (cut short)" if r.read_report.cut_short else ""
         packets = render.count(st.packets, "packet")
         return f"{o.name}: {packets}, {render.size(st.bytes)}{span}{note}"
-
-
-# -- simulate ------------------------------------------------------------------------------------
-
-
-def _add_simulate(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "simulate",
-        help="write a synthetic household capture with labelled uploads",
-        description="Simulate a household's traffic (speakers, phones, a TV) into a pcap file.",
-    )
-    p.add_argument("out", type=Path, metavar="OUT.pcap")
-    _add_sim_options(p)
-
-
-def _add_sim_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--duration", type=float, default=600.0, metavar="S", help="seconds (600)")
-    p.add_argument("--seed", type=int, default=1, metavar="N", help="random seed (1)")
-    p.add_argument("--packets", type=int, default=None, metavar="N", help="aim for N packets")
-
-
-def _simulate(out: Path, args: argparse.Namespace, start: float | None = None) -> Any:
-    try:
-        from spyglass.sim.household import simulate_household
-    except ImportError as exc:
-        raise _Unavailable(f"the traffic simulator is not available ({exc})") from exc
-    if start is None:
-        return simulate_household(
-            out, labels=None, duration_s=args.duration, seed=args.seed,
-            target_packets=args.packets,
-        )
-    return simulate_household(
-        out, labels=None, duration_s=args.duration, seed=args.seed, target_packets=args.packets,
-        start=start,
-    )
-
-
-class _Unavailable(Exception):
-    pass
-
-
-def _planted(summary: Any) -> int:
-    uploads = getattr(summary, "uploads", 0)
-    return len(uploads) if hasattr(uploads, "__len__") else int(uploads)
-
-
-def _run_simulate(args: argparse.Namespace) -> int:
-    try:
-        summary = _simulate(args.out, args)
-    except _Unavailable as exc:
-        print(f"spyglass simulate: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except OSError as exc:
-        print(f"spyglass simulate: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_FAILED
-    labels = getattr(summary, "labels", None)
-    print(
-        f"Wrote {getattr(summary, 'pcap', args.out)}: "
-        f"{render.count(int(getattr(summary, 'packets', 0)), 'packet')}, "
-        f"{render.count(_planted(summary), 'audio upload')} planted"
-        + (f"; labels in {labels}" if labels else "")
-    )
-    return 0
-
-
-SIMULATE = Command(add_parser=_add_simulate, run=_run_simulate)
-
-
-# -- demo ----------------------------------------------------------------------------------------
-
-
-def _add_demo(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "demo",
-        help="simulate a household and analyse it (no privileges needed)",
-        description=(
-            "Simulate a household with smart speakers, analyse it with the real engine into a "
-            "separate demo database, and show what Spyglass found."
-        ),
-    )
-    p.add_argument("--db", type=Path, metavar="PATH", help="demo database (default: demo.db)")
-    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    _add_sim_options(p)
-
-
-def _run_demo(args: argparse.Namespace) -> int:
-    db = args.db if args.db is not None else paths.demo_db_path()
-    with tempfile.TemporaryDirectory(prefix="spyglass-demo-") as tmp:
-        pcap = Path(tmp) / "household.pcap"
-        try:
-            # The demo household lived the last few minutes, so its timeline reads as "today".
-            summary = _simulate(pcap, args, start=time.time() - args.duration)
-        except _Unavailable as exc:
-            print(f"spyglass demo: {exc}", file=sys.stderr)
-            return EXIT_FAILED
-        with Store.open(db) as store:
-            for old in store.captures():  # each demo shows one household: the latest
-                store.forget_capture(old.id)
-            report = analyze_paths([pcap], store=store, progress=sys.stderr)
-        if not args.json:
-            print(
-                f"Simulated a household for {render.duration(args.duration)}: "
-                f"{render.count(_planted(summary), 'audio upload')} planted.\n"
-            )
-        status = report.emit(args.json, sys.stdout, sys.stderr)
-    if not args.json:
-        print(f"\nThe demo database is {db}; try: spyglass uploads --db {db}")
-    return status
-
-
-DEMO = Command(add_parser=_add_demo, run=_run_demo)

@@ -3,6 +3,10 @@
 A subcommand is a module (or a ``module:attribute`` object) with ``add_parser(subparsers)`` and
 ``run(args) -> int``. Adding one is one line in :data:`COMMANDS`; a module that is not installed
 yet is skipped, so the list may name commands other helpers are still writing.
+
+Only the chosen command's module is imported: the others bring the store, the API client and
+their libraries, a few tenths of a second that `spyglass status` or a short `analyze` should not
+pay. ``spyglass --help`` (or no command, or an unknown one) loads them all.
 """
 
 from __future__ import annotations
@@ -16,14 +20,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from spyglass import __version__
-from spyglass.store.db import StoreError
+from spyglass.store.records import StoreError
 
 COMMANDS: list[tuple[str, str]] = [
     ("analyze", "spyglass.cli.analyze"),
     ("devices", "spyglass.cli.query:DEVICES"),
     ("uploads", "spyglass.cli.query:UPLOADS"),
-    ("simulate", "spyglass.cli.analyze:SIMULATE"),
-    ("demo", "spyglass.cli.analyze:DEMO"),
+    ("simulate", "spyglass.cli.simulate:SIMULATE"),
+    ("demo", "spyglass.cli.simulate:DEMO"),
     ("eval", "spyglass.cli.evaluate"),
     ("agent", "spyglass.cli.agent:AGENT"),
     ("status", "spyglass.cli.agent:STATUS"),
@@ -59,8 +63,9 @@ def _load(target: str) -> Subcommand | None:
 
 
 def build_parser(
-    commands: Sequence[tuple[str, str]] = COMMANDS,
+    commands: Sequence[tuple[str, str]] = COMMANDS, only: str | None = None
 ) -> tuple[argparse.ArgumentParser, dict[str, Subcommand]]:
+    """The parser with every command, or with just ``only`` (a name in ``commands``)."""
     parser = argparse.ArgumentParser(
         prog="spyglass",
         description="See when your smart speakers upload audio.",
@@ -68,7 +73,9 @@ def build_parser(
     parser.add_argument("--version", action="version", version=f"spyglass {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     handlers: dict[str, Subcommand] = {}
-    for _name, target in commands:
+    for name, target in commands:
+        if only is not None and name != only:
+            continue
         cmd = _load(target)
         if cmd is None:
             continue
@@ -79,8 +86,17 @@ def build_parser(
     return parser, handlers
 
 
+def chosen_command(
+    argv: Sequence[str], commands: Sequence[tuple[str, str]] = COMMANDS
+) -> str | None:
+    """The command named on the command line (the first word that is not an option), if known."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return first if first in {name for name, _ in commands} else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser, handlers = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, handlers = build_parser(only=chosen_command(argv))
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()

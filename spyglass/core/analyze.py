@@ -55,6 +55,7 @@ def analyze_file(
     detector_config: DetectorConfig | None = None,
     workers: int | None = None,
     fingerprint: bool = False,
+    on_start: Callable[[], None] | None = None,
 ) -> AnalysisResult:
     """Analyse a pcap/pcapng file.
 
@@ -64,7 +65,9 @@ def analyze_file(
     however long the capture is. ``workers=2`` reads and decodes in a second process, ``1`` does
     everything here; by default a large file uses two processes when the machine has two cores.
     Both give the same result. ``fingerprint`` also gives the file's identity for the store
-    (:func:`spyglass.core.fingerprint.capture_fingerprint`, after reading it).
+    (:func:`spyglass.core.fingerprint.capture_fingerprint`, after reading it). ``on_start`` is
+    called once reading has begun (in two processes: once the second exists), perhaps twice
+    when a failed worker makes the reading start again here.
     """
     if workers is None:
         workers = 2 if _cores() >= 2 and _size(path) >= PARALLEL_MIN_BYTES else 1
@@ -77,14 +80,16 @@ def analyze_file(
                 outer(points)
         try:
             return _analyze(
-                path, lan, vendor_lookup, progress, sink, detector_config, True, fingerprint
+                path, lan, vendor_lookup, progress, sink, detector_config, True, fingerprint,
+                on_start,
             )
         except WorkerFailed:
             if handed:
                 raise  # the sink holds part of the series: a second run would double them
             # Otherwise start again in this process.
     return _analyze(
-        path, lan, vendor_lookup, progress, series_sink, detector_config, False, fingerprint
+        path, lan, vendor_lookup, progress, series_sink, detector_config, False, fingerprint,
+        on_start,
     )
 
 
@@ -111,14 +116,19 @@ def _analyze(
     detector_config: DetectorConfig | None,
     parallel: bool,
     fingerprint: bool,
+    on_start: Callable[[], None] | None,
 ) -> AnalysisResult:
     pipe = Pipeline(lan=lan, vendor_lookup=vendor_lookup, detector_config=detector_config)
     reader: PreparedReader | CaptureReader
     if parallel:
-        reader = PreparedReader(path, pipe.prep_settings, chunk_bytes=CHUNK_BYTES)
+        reader = PreparedReader(
+            path, pipe.prep_settings, chunk_bytes=CHUNK_BYTES, on_start=on_start
+        )
         step: Callable[[Any], object] = partial(_step, pipe)
     else:
         reader = open_capture(path, chunk_bytes=CHUNK_BYTES)
+        if on_start is not None:
+            on_start()
         step = pipe.feed
     kept = _run(pipe, reader, step, progress, series_sink)
     identity: tuple[str, int] | str | None = None

@@ -18,7 +18,7 @@ import multiprocessing
 import os
 import signal
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -71,13 +71,16 @@ class PreparedReader:
     """Iterate over a file's batches, read by a worker process: each either :class:`Prepared`
     there, or a :class:`FrameBatch` (read here) for the caller to prepare.
 
-    After the iteration, ``report`` is the reader's :class:`ReadReport`. Raises
+    ``on_start`` is called as soon as the worker exists (threads the caller starts then cannot
+    hold a lock the forked worker would need). After the iteration, ``report`` is the reader's
+    :class:`ReadReport`. Raises
     :class:`CaptureFormatError` as :func:`open_capture` does, and :class:`WorkerFailed` when the
     worker dies; both before any batch, or mid-file for the latter.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], settings: PrepSettings, *, chunk_bytes: int
+        self, path: str | os.PathLike[str], settings: PrepSettings, *, chunk_bytes: int,
+        on_start: Callable[[], None] | None = None,
     ) -> None:
         self.path = os.fspath(path)
         probe = open_capture(self.path, chunk_bytes=chunk_bytes)  # format errors here, at once
@@ -86,6 +89,7 @@ class PreparedReader:
         self.file_size = probe.file_size
         self._settings = settings
         self._chunk = chunk_bytes
+        self._on_start = on_start
 
     def __iter__(self) -> Iterator[Prepared | FrameBatch]:
         ctx = multiprocessing.get_context("fork")  # no re-import: the worker starts at once
@@ -100,6 +104,8 @@ class PreparedReader:
             proc.start()
         send.close()
         try:
+            if self._on_start is not None:
+                self._on_start()
             with open(self.path, "rb", buffering=0) as fh:
                 yield from self._receive(recv, fh.fileno())
         finally:

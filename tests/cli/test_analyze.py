@@ -169,6 +169,20 @@ def test_store_failure_is_one_line(cli: Cli, tmp_path: Path) -> None:
     )
 
 
+def test_store_that_cannot_be_opened_stops_the_analysis(cli: Cli, tmp_path: Path) -> None:
+    # The store opens on a thread while the file is read; its failure still ends everything
+    # with one line and nothing on stdout.
+    home = tmp_path / "home.pcap"
+    cli("simulate", home, "--duration", "20")
+    db = tmp_path / "a-directory.db"
+    db.mkdir()
+    ran = cli("analyze", home, "--db", db, "--json")
+    assert ran.rc == 2
+    assert ran.out == ""
+    assert ran.err.startswith("spyglass: store: ") and str(db) in ran.err
+    assert ran.err.count("\n") == 1
+
+
 def test_simulate_and_demo(cli: Cli, tmp_path: Path, data_dir: Path) -> None:
     out = tmp_path / "sim.pcap"
     ran = cli("simulate", out, "--duration", "30", "--seed", "5")

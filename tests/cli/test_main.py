@@ -53,3 +53,25 @@ def test_entry_point_runs(tmp_path: Path) -> None:
     if script.exists():
         done = subprocess.run([script, "devices"], capture_output=True, text=True, env=env)
         assert done.returncode == 0 and "No data yet" in done.stderr
+
+
+def test_only_the_chosen_command_is_loaded() -> None:
+    # A fresh interpreter: what `spyglass status` imports, not what this test process has.
+    code = (
+        "import sys; from spyglass.cli import main as m; "
+        "p, h = m.build_parser(only=m.chosen_command(['status', '--json'])); "
+        "print(sorted(h), 'sqlite_utils' in sys.modules, 'spyglass.cli.analyze' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["['status']", "False", "False"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "chosen"),
+    [(["analyze", "x.pcap"], "analyze"), (["--version"], None), ([], None),
+     (["bogus"], None), (["--json", "uploads"], "uploads")],
+)  # fmt: skip
+def test_chosen_command(argv: list[str], chosen: str | None) -> None:
+    from spyglass.cli.main import chosen_command
+
+    assert chosen_command(argv) == chosen
