@@ -169,6 +169,15 @@ class AgentClient:
         """Capture this device's full traffic too (``on=False``: stop); the agent remembers."""
         return self._dict(self.request("watch", device=device, on=on))
 
+    def intercept(self, device: str, on: bool = True) -> dict[str, Any]:
+        """ARP-intercept this device (an IPv4 address) too; ``on=False``: stop, and restore its
+        true ARP entries at once. The agent remembers the choice; intercept mode only.
+
+        ``{"device": ip, "intercepting": [the IPs intercepted now, sorted]}``. Choosing a device
+        takes about a second (its MAC is learned first); give the client a timeout to match.
+        """
+        return self._dict(self.request("intercept", device=device, on=on))
+
     def verdict(self, upload_id: int, verdict: str | None) -> dict[str, Any]:
         """Mark an upload "me" (that was me), "nobody" (nobody spoke) or None (undecided)."""
         return self._dict(self.request("verdict", upload=upload_id, verdict=verdict))

@@ -16,6 +16,7 @@ and, after ``subscribe``, event lines interleaved with responses::
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import os
@@ -39,10 +40,10 @@ MAX_SERIES_POINTS = 2000
 
 OPS: tuple[str, ...] = (
     "hello", "status", "devices", "uploads", "series", "subscribe", "unsubscribe",
-    "watch", "verdict", "sweep",
+    "watch", "verdict", "sweep", "intercept",
 )
 # Ops that change something: the server hands them to the agent's controls (see AgentServer).
-CONTROL_OPS: tuple[str, ...] = ("watch", "verdict", "sweep")
+CONTROL_OPS: tuple[str, ...] = ("watch", "verdict", "sweep", "intercept")
 VERDICTS: tuple[str, ...] = ("me", "nobody")
 # What a client may subscribe to; "dropped" is the server's own notice and always delivered.
 EVENTS: tuple[str, ...] = (
@@ -81,6 +82,7 @@ _PARAMS: dict[str, frozenset[str]] = {
     "watch": frozenset({"device", "on"}),
     "verdict": frozenset({"upload", "verdict"}),
     "sweep": frozenset(),
+    "intercept": frozenset({"device", "on"}),
 }
 _ENVELOPE = frozenset({"v", "id", "op"})
 
@@ -242,6 +244,12 @@ def _check_params(op: str, params: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(on, bool):
             raise ValueError("'on' must be true or false")
         return {"device": mac, "on": on}
+    if op == "intercept":
+        ip = _ipv4_param(params.get("device"))
+        on = params.get("on", True)
+        if not isinstance(on, bool):
+            raise ValueError("'on' must be true or false")
+        return {"device": ip, "on": on}
     if op == "verdict":
         upload = params.get("upload")
         if not isinstance(upload, int) or isinstance(upload, bool) or upload < 1:
@@ -267,6 +275,18 @@ def _mac_param(value: Any) -> str | None:
     if not isinstance(value, str):
         raise ValueError(f"'device' must be a MAC address string, not {_kind(value)}")
     return normalize_mac(value)
+
+
+def _ipv4_param(value: Any) -> str:
+    """A device chosen for interception is named by its IPv4 address (ARP is IPv4 only)."""
+    if value is None:
+        raise ValueError("'device' (an IPv4 address) is required")
+    if not isinstance(value, str):
+        raise ValueError(f"'device' must be an IPv4 address string, not {_kind(value)}")
+    try:
+        return str(ipaddress.IPv4Address(value.strip()))
+    except ValueError:
+        raise ValueError(f"'device' {value!r} is not an IPv4 address like 192.168.1.20") from None
 
 
 def _time_param(name: str, value: Any) -> float | None:

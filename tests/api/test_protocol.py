@@ -221,3 +221,39 @@ def test_default_socket_path(monkeypatch: pytest.MonkeyPatch) -> None:
     assert p.default_socket_path() == "/run/spyglass/agent.sock"
     monkeypatch.setenv(p.SOCKET_ENV, "/tmp/spyglass.sock")
     assert p.default_socket_path() == "/tmp/spyglass.sock"
+
+
+# -- intercept ---------------------------------------------------------------------------------
+
+
+def test_intercept_request() -> None:
+    assert "intercept" in p.OPS and "intercept" in p.CONTROL_OPS
+    req = p.parse_request(line(v=1, id=1, op="intercept", device="192.168.1.20", on=False))
+    assert req == p.Request(1, "intercept", {"device": "192.168.1.20", "on": False})
+    # "on" defaults to true, like watch; surrounding blanks are forgiven.
+    req = p.parse_request(line(v=1, id=2, op="intercept", device=" 10.0.0.7 "))
+    assert req.params == {"device": "10.0.0.7", "on": True}
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({}, "'device' (an IPv4 address) is required"),
+        ({"device": None}, "'device' (an IPv4 address) is required"),
+        ({"device": 3232235796}, "IPv4 address string, not the number"),
+        ({"device": ["10.0.0.1"]}, "IPv4 address string, not a list"),
+        ({"device": "192.168.1.300"}, "not an IPv4 address"),
+        ({"device": "192.168.1"}, "not an IPv4 address"),
+        ({"device": "fe80::1"}, "not an IPv4 address"),
+        ({"device": MAC}, "not an IPv4 address"),
+        ({"device": "010.0.0.1"}, "not an IPv4 address"),  # leading zeros: octal to some tools
+        ({"device": "10.0.0.1", "on": "yes"}, "'on' must be true or false"),
+        ({"device": "10.0.0.1", "on": 1}, "'on' must be true or false"),
+        ({"device": "10.0.0.1", "router": "10.0.0.254"}, "unknown parameter"),
+    ],
+)
+def test_intercept_bad_requests(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(p.ProtocolError) as info:
+        p.parse_request(line(v=1, id=9, op="intercept", **fields))
+    assert (info.value.code, info.value.request_id) == (p.BAD_REQUEST, 9)
+    assert message in info.value.message
