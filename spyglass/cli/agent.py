@@ -1,4 +1,5 @@
-"""`spyglass agent` (the privileged capture process) and `spyglass status` (ask it how it is)."""
+"""`spyglass agent` (the privileged capture process), `spyglass status` (ask it how it is) and
+`spyglass intercept` (choose the devices it ARP-intercepts)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def _add_agent(subparsers: Any) -> None:
     p.add_argument("--watch-all", action="store_true",
                    help="capture every device's traffic, not just speakers'")
     p.add_argument("--target", action="append", default=[], metavar="IP",
-                   help="intercept mode: a device to intercept (repeatable)")
+                   help="intercept mode: a device to intercept (repeatable; also chosen "
+                   "later with `spyglass intercept IP`, which the agent remembers)")
     p.add_argument("--router", metavar="IP",
                    help="intercept mode: the router (default: the interface's default gateway)")
     p.add_argument("--no-ring", action="store_true", help="don't use the mmap ring buffer")
@@ -64,10 +66,6 @@ def _run_agent(args: argparse.Namespace) -> int:
             print(f"spyglass agent: --lan {cidr!r} is not a network (e.g. 192.168.1.0/24)",
                   file=sys.stderr)
             return 2
-    if args.mode == "intercept" and not args.target:
-        print("spyglass agent: intercept mode needs --target IP for each device to intercept",
-              file=sys.stderr)
-        return 2
     if args.target and args.mode != "intercept":
         print("spyglass agent: --target only makes sense with --mode intercept", file=sys.stderr)
         return 2
@@ -134,10 +132,63 @@ def _run_status(args: argparse.Namespace) -> int:
           f"{dropped.get('series_points', 0):,}")
     print(f"devices: {st.get('devices', 0)}  watched: {len(st.get('watched') or [])}  "
           f"uploads this run: {st.get('uploads', 0)}")
+    if st.get("mode") == "intercept":
+        now = ", ".join(st.get("intercepting") or []) or "nothing yet (`spyglass intercept IP`)"
+        print(f"intercepting: {now}  router: {st.get('router')}")
     for prob in st.get("problems") or []:
         print(f"problem: {prob.get('message')}")
     return 0
 
 
+# Choosing a device learns its MAC and may start the restore watchdog: seconds, not ms.
+INTERCEPT_TIMEOUT_S = 30.0
+
+
+def _add_intercept(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "intercept",
+        help="choose (or with --off un-choose) a device the running agent ARP-intercepts",
+        description="Tell an agent running with --mode intercept to put this host between the "
+        "device and the router (ARP interception), or with --off to stop and restore the "
+        "device's true ARP entries at once. The agent remembers the choice across restarts.",
+    )
+    p.add_argument("device", metavar="IP", help="the device's IPv4 address")
+    p.add_argument("--off", action="store_true", help="stop intercepting it")
+    p.add_argument("--socket", type=Path, metavar="PATH", help="the agent's socket")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+
+def _run_intercept(args: argparse.Namespace) -> int:
+    from spyglass.api.client import AgentClient, AgentError
+    from spyglass.api.protocol import default_socket_path
+
+    try:
+        ip = str(ipaddress.IPv4Address(args.device.strip()))
+    except ValueError:
+        print(
+            f"spyglass intercept: {args.device!r} is not an IPv4 address like 192.168.1.20",
+            file=sys.stderr,
+        )
+        return 2
+    path = str(args.socket or default_socket_path())
+    try:
+        with AgentClient(path, timeout=INTERCEPT_TIMEOUT_S) as client:
+            result = client.intercept(ip, on=not args.off)
+    except AgentError as e:
+        print(f"spyglass intercept: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    now = ", ".join(result.get("intercepting") or []) or "nothing"
+    if args.off:
+        print(f"no longer intercepting {ip}: its true ARP entries are being restored")
+    else:
+        print(f"intercepting {ip}")
+    print(f"intercepting now: {now}")
+    return 0
+
+
 AGENT = Command(add_parser=_add_agent, run=_run_agent)
 STATUS = Command(add_parser=_add_status, run=_run_status)
+INTERCEPT = Command(add_parser=_add_intercept, run=_run_intercept)

@@ -31,6 +31,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("eval", "spyglass.cli.evaluate"),
     ("agent", "spyglass.cli.agent:AGENT"),
     ("status", "spyglass.cli.agent:STATUS"),
+    ("intercept", "spyglass.cli.agent:INTERCEPT"),
 ]
 
 EXIT_USAGE = 2
