@@ -167,6 +167,26 @@ class NameBook:
         if best is None or source == "sni" or best[1] != "sni":
             self._best[(mac, ip)] = (name, source)
 
+    def learn_dns(self, mac: str, pairs: tuple[tuple[str, str], ...], ts: float) -> None:
+        """:meth:`learn` for the ``(ip, name)`` pairs of one DNS answer, whose names are already
+        lower-case without a final dot (resolve_chain's): the per-answer cost of a DNS-heavy
+        capture."""
+        entries, best, changed = self._entries, self._best, self._changed
+        for ip, name in pairs:
+            key = (mac, ip, name, "dns")
+            changed.add(key)
+            e = entries.get(key)
+            if e is None:
+                entries[key] = EndpointName(mac, ip, name, "dns", ts, ts)
+            else:
+                if ts < e.first_seen:
+                    e.first_seen = ts
+                if ts > e.last_seen:
+                    e.last_seen = ts
+            held = best.get((mac, ip))
+            if held is None or held[1] != "sni":  # an SNI name outranks any DNS answer
+                best[(mac, ip)] = (name, "dns")
+
     def name_for(self, mac: str, ip: str) -> str | None:
         best = self._best.get((mac, ip))
         return best[0] if best else None

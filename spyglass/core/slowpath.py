@@ -24,7 +24,8 @@ from spyglass.core.inventory import Inventory, NameBook
 from spyglass.core.proto import MalformedPayload
 from spyglass.core.proto.arp import parse_arp
 from spyglass.core.proto.dhcp import parse_dhcp
-from spyglass.core.proto.dns import parse_dns, resolve_chain
+from spyglass.core.proto.dns import parse_dns
+from spyglass.core.proto.dnsmemo import DnsAnswerMemo
 from spyglass.core.proto.mdns import MdnsInfo, mdns_info
 from spyglass.core.proto.ssdp import SsdpInfo, parse_ssdp
 from spyglass.core.proto.tls import client_hello_sni
@@ -96,16 +97,26 @@ class SlowPath:
         # The parsed objects are only read by the device identifier, so sharing them is safe.
         self._mdns_memo: dict[bytes, tuple[MdnsInfo | None] | MalformedPayload] = {}
         self._ssdp_memo: dict[bytes, SsdpInfo | MalformedPayload] = {}
+        # DNS answers repeat too, apart from their ids and TTLs.
+        self._dns_memo = DnsAnswerMemo()
 
     def select(self, d: Decoded, arr: np.ndarray, up: np.ndarray) -> I64:
         """See :func:`select_rows`."""
         return select_rows(d, arr, up)
 
     def handle(self, d: Decoded, batch: FrameBatch, rows: I64) -> None:
+        if not rows.size:
+            return
         buf = batch.buf
-        for i in rows.tolist():
-            ts = float(d.ts[i])
-            if d.ethertype[i] == ETH_ARP:
+        # The columns every row needs, as Python values in one go: indexing numpy arrays one
+        # element at a time costs more than the parse of a remembered DNS answer.
+        cols = zip(
+            rows.tolist(), d.ts[rows].tolist(), d.ethertype[rows].tolist(),
+            d.proto[rows].tolist(), d.payload_off[rows].tolist(), d.payload_cap[rows].tolist(),
+            d.sport[rows].tolist(), d.dport[rows].tolist(), strict=True,
+        )
+        for i, ts, ethertype, proto, off, cap, sp, dp in cols:
+            if ethertype == ETH_ARP:
                 # The decoder stops at the link layer for ARP; find the ARP header ourselves.
                 link = _ARP_AT.get(int(batch.linktype[i]))
                 if link is not None:
@@ -113,12 +124,17 @@ class SlowPath:
                     end = int(batch.offset[i]) + int(batch.caplen[i])
                     self._arp(buf[start:end], ts)
                 continue
-            off = int(d.payload_off[i])
-            payload = buf[off : off + int(d.payload_cap[i])]
-            if d.proto[i] == TCP:
+            payload = buf[off : off + cap]
+            if proto == TCP:
                 self._tls(d, i, payload, ts)
+            elif sp == 53:
+                self._dns_answer(d, i, payload, ts)
+            elif sp == 5353 or dp == 5353:
+                self._mdns(d, i, payload, ts)
+            elif sp in (67, 68):
+                self._dhcp(payload, ts)
             else:
-                self._udp(d, i, payload, ts)
+                self._ssdp(d, i, payload, ts)
 
     # -- per protocol ------------------------------------------------------------------
     def _count(self, kind: str) -> None:
@@ -155,26 +171,16 @@ class SlowPath:
             self.names.learn(mac, ip_str(int(d.dst_hi[i]), int(d.dst_lo[i])), sni, "sni", ts)
             self.inventory.identifier(mac, ts).add_domain(sni, "sni")
 
-    def _udp(self, d: Decoded, i: int, payload: bytes, ts: float) -> None:
-        sp, dp = int(d.sport[i]), int(d.dport[i])
-        if sp == 53:
-            self._dns_answer(d, i, payload, ts)
-        elif sp == 5353 or dp == 5353:
-            self._mdns(d, i, payload, ts)
-        elif sp in (67, 68):
-            self._dhcp(payload, ts)
-        else:
-            self._ssdp(d, i, payload, ts)
-
     def _dns_answer(self, d: Decoded, i: int, payload: bytes, ts: float) -> None:
-        msg = self._parse("DNS", parse_dns, payload, ts)
-        if msg is None or not msg.is_response:
+        facts = self._parse("DNS", self._dns_memo.facts, payload, ts)
+        if facts is None or not facts.is_response:
             return
         mac = mac_str(int(d.dst_mac[i]))  # the device that asked
-        for ip, name in resolve_chain(msg):
-            self.names.learn(mac, ip, name, "dns", ts)
-        for qname, _ in msg.questions:
-            self.inventory.identifier(mac, ts).add_domain(qname, "dns")
+        self.names.learn_dns(mac, facts.pairs, ts)
+        if facts.questions:
+            ident = self.inventory.identifier(mac, ts)
+            for qname in facts.questions:
+                ident.add_domain(qname, "dns")
 
     def _mdns(self, d: Decoded, i: int, payload: bytes, ts: float) -> None:
         memo = self._mdns_memo.get(payload)

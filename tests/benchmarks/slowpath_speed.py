@@ -10,6 +10,7 @@ clears the memo before every parse, the cost of a never-seen-before response.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 import timeit
@@ -24,6 +25,7 @@ from scapy.packet import raw  # noqa: E402
 from spyglass.core.proto import dns as dns_mod  # noqa: E402
 from spyglass.core.proto.dhcp import parse_dhcp  # noqa: E402
 from spyglass.core.proto.dns import parse_dns, resolve_chain  # noqa: E402
+from spyglass.core.proto.dnsmemo import DnsAnswerMemo  # noqa: E402
 from spyglass.core.proto.mdns import mdns_info  # noqa: E402
 from spyglass.core.proto.ssdp import parse_ssdp  # noqa: E402
 from spyglass.core.proto.tls import client_hello_sni  # noqa: E402
@@ -121,8 +123,20 @@ def main() -> None:
         if label.startswith("DNS response") and not dns_warm:
             dns_warm = warm
         print(f"{label:58} {len(payload):5d} {warm:8.2f} {cold_us:8.2f}")
-    share = 0.05 * 1_000_000 * dns_warm / 1e6
-    print(f"\n5 % DNS at 1M packets/s: {share:.2f} s of one core per second goes to DNS parsing")
+    # The pipeline's path: the answer memo, on the same answer with another id and TTLs.
+    memo = DnsAnswerMemo()
+    memo.facts(dns_resp)
+    again = b"\x99\x99" + dns_resp[2:]
+    at = [m.start() for m in re.finditer(re.escape(b"\x00\x00\x00\x3c"), dns_resp)]
+    for ttl in at:  # TTL 60 -> 59 wherever a record's TTL field says 60
+        again = again[:ttl] + b"\x00\x00\x00\x3b" + again[ttl + 4 :]
+    memo_us = best_us(lambda: memo.facts(again))
+    assert memo.hits > 0, "the repeat was not recognised"
+    print(f"{'DNS response repeated, other id and TTLs (answer memo)':58} "
+          f"{len(again):5d} {memo_us:8.2f}")  # fmt: skip
+    answers = 0.025 * 1_000_000  # 5 % DNS: half of it queries, half answers
+    print(f"\n5 % DNS at 1M packets/s: {answers * dns_warm / 1e6:.2f} s of one core per second "
+          f"if every answer were parsed, {answers * memo_us / 1e6:.2f} s through the memo")
 
 
 if __name__ == "__main__":

@@ -133,7 +133,8 @@ def _name(buf: bytes, off: int, cache: dict[int, str]) -> tuple[str, int]:
 
 
 def _records(
-    buf: bytes, off: int, count: int, cache: dict[int, str], keep: bool
+    buf: bytes, off: int, count: int, cache: dict[int, str], keep: bool,
+    ttls: list[int] | None = None,
 ) -> tuple[list[DnsRecord], int]:
     out: list[DnsRecord] = []
     end = len(buf)
@@ -151,6 +152,8 @@ def _records(
         if off + 10 > end:
             raise MalformedPayload(f"DNS: record header cut at byte {off}")
         rtype, _cls, ttl, rdlen = unpack(buf, off)
+        if ttls is not None:
+            ttls.append(off + 4)
         off += 10
         rend = off + rdlen
         if rend > end:
@@ -206,8 +209,10 @@ def _value(buf: bytes, off: int, rend: int, rtype: int, cache: dict[int, str]) -
     return buf[off:rend].hex()
 
 
-def parse_dns(payload: bytes) -> DnsMessage:
-    """Parse a DNS or mDNS message; raises :class:`MalformedPayload` when it is broken."""
+def parse_dns(payload: bytes, ttls: list[int] | None = None) -> DnsMessage:
+    """Parse a DNS or mDNS message; raises :class:`MalformedPayload` when it is broken.
+
+    ``ttls``, if given, gets the offset of every record's TTL field (all three sections)."""
     if len(payload) < 12:
         raise MalformedPayload(f"DNS: {len(payload)} bytes, shorter than the 12-byte header")
     ident, flags, qd, an, ns, ar = _HEADER.unpack_from(payload, 0)
@@ -221,9 +226,9 @@ def parse_dns(payload: bytes) -> DnsMessage:
             raise MalformedPayload(f"DNS: question type/class cut at byte {off}")
         questions.append((name, (payload[off] << 8) | payload[off + 1]))
         off += 4
-    answers, off = _records(payload, off, an, cache, True)
-    _, off = _records(payload, off, ns, cache, False)
-    additionals, off = _records(payload, off, ar, cache, True)
+    answers, off = _records(payload, off, an, cache, True, ttls)
+    _, off = _records(payload, off, ns, cache, False, ttls)
+    additionals, off = _records(payload, off, ar, cache, True, ttls)
     return DnsMessage(ident, bool(flags & 0x8000), flags & 0xF, questions, answers, additionals)
 
 
