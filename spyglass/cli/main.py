@@ -12,6 +12,7 @@ pay. ``spyglass --help`` (or no command, or an unknown one) loads them all.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import os
 import sys
@@ -34,6 +35,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("intercept", "spyglass.cli.agent:INTERCEPT"),
 ]
 
+GC_THRESHOLD = 10_000  # allocations between young-generation passes (CPython's default: 700)
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -95,9 +97,21 @@ def chosen_command(
     return first if first in {name for name, _ in commands} else None
 
 
+def _tune_gc() -> None:
+    """Fewer garbage-collector passes, none over the modules just imported.
+
+    Analysing a capture allocates many short-lived tuples while holding large dicts of flows and
+    names; with the default threshold (700 allocations) the collector's passes over them took a
+    quarter of a 1M-packet analysis. Nothing in Spyglass relies on prompt collection of cycles.
+    """
+    gc.freeze()  # what is alive now (imported modules) is never collected: skip it for good
+    gc.set_threshold(GC_THRESHOLD, 20, 100)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, handlers = build_parser(only=chosen_command(argv))
+    _tune_gc()
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
