@@ -6,9 +6,10 @@ The worker does everything that depends on one batch alone — reading, record w
 detector). The pipe's own buffer bounds how far the worker runs ahead, so memory stays flat.
 Results are the same as feeding the batches in one process: both run the same two halves.
 
-The stateful half is the lighter one, so the worker leaves the preparing of every other batch
-to the caller: it sends that batch's record table (where each frame is) instead, and the caller
-reads those bytes itself. The two processes then have about the same work.
+Which half is heavier depends on the capture (a DNS-heavy one loads the stateful half), so the
+work is shared by demand: whenever the caller is waiting for the worker, the worker hands it the
+next batch unprepared — that batch's record table (where each frame is), whose bytes the caller
+reads itself — and otherwise prepares it. A flag in shared memory says "waiting".
 """
 
 from __future__ import annotations
@@ -29,23 +30,20 @@ from spyglass.core.prepare import Prepared, Preparer, PrepSettings
 __all__ = ["PreparedReader", "WorkerFailed"]
 
 
-# Every this many batches one is prepared by the caller (0: none). Measured on a 2-core machine:
-# the worker's share (read, walk, prepare) is the larger otherwise.
-CALLER_EVERY = 2
-
-
 class WorkerFailed(Exception):
     """The reader process stopped without finishing (killed, out of memory, a bug)."""
 
 
-def _work(conn: Connection, path: str, chunk_bytes: int, settings: PrepSettings) -> None:
+def _work(
+    conn: Connection, path: str, chunk_bytes: int, settings: PrepSettings, waiting: Any
+) -> None:
     # Ctrl-C reaches the whole process group: the parent decides, and ends this process.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         reader = open_capture(path, chunk_bytes=chunk_bytes, map_file=True)
         prep = Preparer(settings)
-        for i, batch in enumerate(reader):
-            if CALLER_EVERY and i % CALLER_EVERY == CALLER_EVERY - 1:
+        for batch in reader:
+            if waiting.value:  # the caller has nothing to do: give it this batch to prepare
                 table = (reader.buf_base, reader.buf_len, batch.offset, batch.caplen,
                          batch.wirelen, batch.ts, batch.linktype)
                 conn.send(("frames", table, reader.bytes_read))
@@ -94,8 +92,10 @@ class PreparedReader:
     def __iter__(self) -> Iterator[Prepared | FrameBatch]:
         ctx = multiprocessing.get_context("fork")  # no re-import: the worker starts at once
         recv, send = ctx.Pipe(duplex=False)
+        waiting = ctx.RawValue("b", 0)  # set by this process while it waits for a message
         proc = ctx.Process(
-            target=_work, args=(send, self.path, self._chunk, self._settings), daemon=True
+            target=_work, args=(send, self.path, self._chunk, self._settings, waiting),
+            daemon=True,
         )
         with warnings.catch_warnings():
             # A caller's other threads, if any, hold nothing the child touches: it
@@ -107,19 +107,24 @@ class PreparedReader:
             if self._on_start is not None:
                 self._on_start()
             with open(self.path, "rb", buffering=0) as fh:
-                yield from self._receive(recv, fh.fileno())
+                yield from self._receive(recv, fh.fileno(), waiting)
         finally:
             recv.close()
             if proc.is_alive():
                 proc.terminate()
             proc.join()
 
-    def _receive(self, recv: Connection, fd: int) -> Iterator[Prepared | FrameBatch]:
+    def _receive(
+        self, recv: Connection, fd: int, waiting: Any
+    ) -> Iterator[Prepared | FrameBatch]:
         buf_at: tuple[int, int] | None = None
         buf = b""
         while True:
             try:
+                if not recv.poll():
+                    waiting.value = 1
                 kind, value, bytes_read = recv.recv()
+                waiting.value = 0
             except (EOFError, OSError) as exc:
                 raise WorkerFailed(f"{self.path}: the reader process stopped ({exc!r})") from exc
             if kind == "batch":
