@@ -308,6 +308,9 @@ class Agent:
                 box.put((False, ValueError(str(e).strip("'\""))))
             except (ValueError, StoreError) as e:
                 box.put((False, ValueError(str(e))))
+            except Exception as e:  # noqa: BLE001 - a bug in one op must not end the capture
+                log.exception("control op failed")
+                box.put((False, e))  # the API answers it as an internal error
 
     def _watch(
         self, store: Store, watch: WatchSet, cap: Any, prm: dict[str, Any]
