@@ -7,9 +7,10 @@ detector). The pipe's own buffer bounds how far the worker runs ahead, so memory
 Results are the same as feeding the batches in one process: both run the same two halves.
 
 Which half is heavier depends on the capture (a DNS-heavy one loads the stateful half), so the
-work is shared by demand: whenever the caller is waiting for the worker, the worker hands it the
-next batch unprepared — that batch's record table (where each frame is), whose bytes the caller
-reads itself — and otherwise prepares it. A flag in shared memory says "waiting".
+work is shared by demand: whenever the caller has had to wait for the worker since the worker's
+last batch, the worker hands it the next batch unprepared — that batch's record table (where
+each frame is), whose bytes the caller reads itself — and otherwise prepares it. A counter in
+shared memory (how often the caller found nothing to do) carries the signal.
 """
 
 from __future__ import annotations
@@ -35,15 +36,17 @@ class WorkerFailed(Exception):
 
 
 def _work(
-    conn: Connection, path: str, chunk_bytes: int, settings: PrepSettings, waiting: Any
+    conn: Connection, path: str, chunk_bytes: int, settings: PrepSettings, waits: Any
 ) -> None:
     # Ctrl-C reaches the whole process group: the parent decides, and ends this process.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         reader = open_capture(path, chunk_bytes=chunk_bytes, map_file=True)
         prep = Preparer(settings)
+        seen = 0
         for batch in reader:
-            if waiting.value:  # the caller has nothing to do: give it this batch to prepare
+            if waits.value != seen:  # the caller ran out of work lately: give it this batch
+                seen = waits.value
                 table = (reader.buf_base, reader.buf_len, batch.offset, batch.caplen,
                          batch.wirelen, batch.ts, batch.linktype)
                 conn.send(("frames", table, reader.bytes_read))
@@ -92,9 +95,9 @@ class PreparedReader:
     def __iter__(self) -> Iterator[Prepared | FrameBatch]:
         ctx = multiprocessing.get_context("fork")  # no re-import: the worker starts at once
         recv, send = ctx.Pipe(duplex=False)
-        waiting = ctx.RawValue("b", 0)  # set by this process while it waits for a message
+        waits = ctx.RawValue("L", 0)  # how often this process found no message waiting
         proc = ctx.Process(
-            target=_work, args=(send, self.path, self._chunk, self._settings, waiting),
+            target=_work, args=(send, self.path, self._chunk, self._settings, waits),
             daemon=True,
         )
         with warnings.catch_warnings():
@@ -107,7 +110,7 @@ class PreparedReader:
             if self._on_start is not None:
                 self._on_start()
             with open(self.path, "rb", buffering=0) as fh:
-                yield from self._receive(recv, fh.fileno(), waiting)
+                yield from self._receive(recv, fh.fileno(), waits)
         finally:
             recv.close()
             if proc.is_alive():
@@ -115,16 +118,15 @@ class PreparedReader:
             proc.join()
 
     def _receive(
-        self, recv: Connection, fd: int, waiting: Any
+        self, recv: Connection, fd: int, waits: Any
     ) -> Iterator[Prepared | FrameBatch]:
         buf_at: tuple[int, int] | None = None
         buf = b""
         while True:
             try:
                 if not recv.poll():
-                    waiting.value = 1
+                    waits.value += 1  # only this process writes it
                 kind, value, bytes_read = recv.recv()
-                waiting.value = 0
             except (EOFError, OSError) as exc:
                 raise WorkerFailed(f"{self.path}: the reader process stopped ({exc!r})") from exc
             if kind == "batch":
