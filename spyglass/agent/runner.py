@@ -7,7 +7,6 @@ a second in one transaction, so a killed agent loses at most the last second.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import queue
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spyglass.adapters.oui import vendor_for_mac
+from spyglass.agent.controls import WATCH_SETTING, ControlOps, _set_verdict
 from spyglass.agent.server import AgentServer, StoreBackend
 from spyglass.agent.watch import WatchSet, attach_filter
 from spyglass.api.protocol import device_to_dict, upload_to_dict
@@ -39,10 +39,6 @@ RETRY_STORE_S = 5.0
 REOPEN_EVERY_S = 2.0
 DISCOVERY_WINDOW_S = 30.0  # capture everything this long at start, then only watched devices
 MAX_PENDING_SERIES = 600_000  # ~ 10 min of 1000 device/remote pairs; oldest dropped past that
-# Choosing a device learns its MAC (0.6 s) and, for the first one, starts the restore watchdog
-# (which may take up to 10 s to report ready on a loaded machine).
-INTERCEPT_TIMEOUT_S = 20.0
-INTERCEPT_SETTING = "intercept"  # the devices chosen through the API: a JSON list of IPs
 
 
 @dataclass(slots=True)
@@ -77,53 +73,12 @@ class _Pending:
             self.dropped_series += 1
 
 
-def default_router(ifname: str) -> str | None:
-    """The IPv4 default gateway reached through ``ifname``, from ``ip -j route``."""
-    import json
-    import subprocess
-
-    out = subprocess.run(["ip", "-j", "-4", "route", "show", "default", "dev", ifname],
-                         capture_output=True, text=True, check=False)
-    try:
-        routes = json.loads(out.stdout or "[]")
-    except ValueError:
-        return None
-    for r in routes:
-        if r.get("gateway"):
-            return str(r["gateway"])
-    return None
-
-
-def _sorted_ips(ips: Any) -> list[str]:
-    return sorted(ips, key=lambda ip: int(ipaddress.IPv4Address(ip)))
-
-
-def _stored_choice(store: Store) -> list[str]:
-    """The devices chosen for interception through the API (unreadable entries are skipped)."""
-    try:
-        value = json.loads(store.get_setting(INTERCEPT_SETTING, "[]") or "[]")
-    except ValueError:
-        value = []
-    chosen: list[str] = []
-    for ip in value if isinstance(value, list) else []:
-        try:
-            chosen.append(str(ipaddress.IPv4Address(ip)))
-        except ValueError:
-            log.warning("ignoring %r in the saved intercept choice: not an IPv4 address", ip)
-    return list(dict.fromkeys(chosen))
-
-
 def _fingerprint(d: Device) -> int:
     return hash((d.vendor, d.kind, d.model, d.assistant, tuple(d.names), tuple(d.ips),
                  tuple(d.evidence), d.first_seen, d.last_seen))
 
 
-def _set_verdict(store: Store, prm: dict[str, Any]) -> dict[str, Any]:
-    store.set_verdict(prm["upload"], prm["verdict"])
-    return {"upload": prm["upload"], "verdict": prm["verdict"]}
-
-
-class Agent:
+class Agent(ControlOps):
     def __init__(self, cfg: AgentConfig, *, publish_hook: Callable[[str, dict[str, Any]], None]
                  | None = None) -> None:
         if cfg.mode not in MODES:
@@ -196,7 +151,7 @@ class Agent:
         capture_id = store.live_capture(cfg.interface)
         pipe = Pipeline(lan=lan, vendor_lookup=vendor_for_mac, keep_uploads=False)
         watch = WatchSet(watch_all=cfg.watch_all)
-        for mac in [*cfg.watch, *json.loads(store.get_setting("watch", "[]") or "[]")]:
+        for mac in [*cfg.watch, *json.loads(store.get_setting(WATCH_SETTING, "[]") or "[]")]:
             watch.add(mac, by_user=True)
         self._set(lan=lan, db=str(store.path), watched=sorted(watch.macs()))
         backend = StoreBackend(store, self.status)
@@ -283,190 +238,6 @@ class Agent:
             log.info("stopped: %d packets, %d uploads", pipe.stats.packets,
                      self.status()["uploads"])
         return 0
-
-    # -- control ops (API worker threads → capture thread) --------------------------------
-    def _call(self, fn: Callable[[], Any], timeout_s: float = 5.0) -> Any:
-        box: queue.Queue[Any] = queue.Queue(maxsize=1)
-        self._commands.put((fn, box))
-        try:
-            ok, value = box.get(timeout=timeout_s)
-        except queue.Empty:
-            raise TimeoutError("the agent's capture loop did not answer in time") from None
-        if not ok:
-            raise value
-        return value
-
-    def _run_commands(self) -> None:
-        while True:
-            try:
-                fn, box = self._commands.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                box.put((True, fn()))
-            except KeyError as e:  # an unknown upload id
-                box.put((False, ValueError(str(e).strip("'\""))))
-            except (ValueError, StoreError) as e:
-                box.put((False, ValueError(str(e))))
-            except Exception as e:  # noqa: BLE001 - a bug in one op must not end the capture
-                log.exception("control op failed")
-                box.put((False, e))  # the API answers it as an internal error
-
-    def _watch(
-        self, store: Store, watch: WatchSet, cap: Any, prm: dict[str, Any]
-    ) -> dict[str, Any]:
-        mac, on = prm["device"], prm["on"]
-        changed = watch.add(mac, by_user=True) if on else watch.remove(mac)
-        if not on and self._icpt is not None and mac in self._icpt.targets.values():
-            changed = False  # still intercepted: its traffic stays watched
-            watch.add(mac)
-        store.set_setting("watch", json.dumps(sorted(watch.added)))
-        if changed:
-            self._apply_filter(cap, watch)
-        return {"device": mac, "watched": mac in watch.macs()}
-
-    def _sweep(self) -> dict[str, Any]:
-        from spyglass.capture.sweep import sweep
-
-        found = sweep(self.cfg.interface)  # replies pass the capture filter: devices appear
-        return {"found": len(found), "devices": found}
-
-    def _start_intercept(self, store: Store, watch: WatchSet) -> Interceptor:
-        """ARP-intercept the --target devices and those chosen through the API before; every
-        exit of run() restores them, and a watchdog process restores them if this process is
-        killed outright. With nothing chosen yet the interceptor waits for the first
-        ``intercept`` op (it starts then)."""
-        from spyglass.capture.intercept import Interceptor
-
-        cfg = self.cfg
-        router = cfg.router or default_router(cfg.interface)
-        if router is None:
-            raise ValueError(f"no default route via {cfg.interface}: give --router IP")
-        icpt = Interceptor(cfg.interface, router)
-        self._icpt = icpt
-        self._chosen = _stored_choice(store)
-        self._set(intercepting=[], router=router)
-        try:
-            if cfg.targets:
-                for ip in cfg.targets:
-                    icpt.add(ip)
-                # Refuses (InterceptConflict) when another host already intercepts: the agent
-                # does not start, as the command line asked for exactly these.
-                icpt.start()
-            # A saved choice must not keep the agent from starting (the device may be off
-            # today): what cannot be intercepted now is reported and kept for next time.
-            failed: list[str] = []
-            for ip in self._chosen:
-                try:
-                    self._intercept_on(icpt, ip)
-                except ValueError as e:
-                    failed.append(f"{ip}: {e}")
-        except BaseException:
-            icpt.close()
-            raise
-        if failed:
-            self._problem("intercept", "not intercepting chosen device(s) " + "; ".join(failed))
-        # Each intercepted packet crosses this interface twice; "ether host TARGET" keeps
-        # exactly the copy on the target's side of us in each direction.
-        for mac in icpt.targets.values():
-            watch.add(mac)
-        now = _sorted_ips(icpt.targets)
-        self._set(intercepting=now, watched=sorted(watch.macs()))
-        if now:
-            log.info("intercepting %s (router %s)", ", ".join(now), router)
-        else:
-            log.info("intercept mode: no device chosen yet (router %s)", router)
-        return icpt
-
-    def _intercept_on(self, icpt: Interceptor, ip: str) -> str:
-        """Intercept ``ip`` (starting the interceptor for the first device); its true MAC.
-        Every refusal becomes a ValueError whose message says why."""
-        try:
-            if icpt.running:
-                icpt.add(ip)  # learns and checks its MAC first: InterceptConflict, no answer
-            else:
-                icpt.add(ip)  # only noted while stopped
-                try:
-                    icpt.start()  # refuses when another host already intercepts
-                except BaseException:
-                    icpt.remove(ip)  # forget it: the next start must not try it again
-                    raise
-        except (RuntimeError, OSError) as e:  # InterceptError/InterceptConflict, the watchdog
-            raise ValueError(str(e)) from None
-        mac = icpt.targets.get(ip)
-        if mac is None:
-            raise ValueError(f"{ip} could not be intercepted")
-        return mac
-
-    def _intercept_control(self, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """The ``intercept`` op on an API worker: refused at once outside intercept mode, else
-        run on the capture thread (which owns the watch list and the capture filter)."""
-        if self._icpt is None:
-            raise ValueError(
-                f"the agent is not in intercept mode (it runs in {self.cfg.mode} "
-                "mode; start it with --mode intercept to choose devices)"
-            )
-        result: dict[str, Any] = self._call(fn, timeout_s=INTERCEPT_TIMEOUT_S)
-        return result
-
-    def _intercept(
-        self, store: Store, watch: WatchSet, pipe: Pipeline, cap: Any, prm: dict[str, Any]
-    ) -> dict[str, Any]:
-        icpt = self._icpt
-        assert icpt is not None
-        ip, on = prm["device"], prm["on"]
-        if on:
-            try:
-                mac = self._intercept_on(icpt, ip)
-            except ValueError as e:
-                log.warning("intercept %s refused: %s", ip, e)
-                raise
-            changed = watch.add(mac)
-            if ip not in self._chosen:
-                self._chosen.append(ip)
-        else:
-            was = icpt.targets.get(ip)
-            # Restores its true ARP entries at once (corrections go out over the next 2 s).
-            # Un-choosing the last device leaves the interceptor running with none: the reply
-            # comes at once, and the next choice needs no new watchdog; forwarding and the
-            # sysctls are put back when the agent stops.
-            try:
-                icpt.remove(ip)
-            except OSError as e:  # the watchdog's state file; the restore itself goes ahead
-                raise ValueError(f"{ip}: {e}") from None
-            if ip in self._chosen:
-                self._chosen.remove(ip)
-            still = set(icpt.targets.values())
-            # Keep watching it if the user watches it or it is a speaker (what watch.py keeps).
-            changed = (
-                was is not None
-                and was not in still
-                and was not in watch.added
-                and not pipe.inventory.is_speaker(was)
-                and watch.remove(was)
-            )
-        now = icpt.targets
-        try:
-            store.set_setting(INTERCEPT_SETTING, json.dumps(_sorted_ips(self._chosen)))
-        except StoreError as e:
-            # The interception itself happened (or was undone): say so, and that it is not kept.
-            self._problem(
-                "store",
-                f"the intercept choice was not saved (a restarted agent will not know it): {e}",
-            )
-        if set(self._chosen) <= set(now):
-            self._clear_problem("intercept")
-        if changed and self._narrowed:
-            self._apply_filter(cap, watch)
-        intercepting = _sorted_ips(now)
-        self._set(intercepting=intercepting, watched=sorted(watch.macs()))
-        log.info(
-            "intercept %s %s: now intercepting %s",
-            ip,
-            "on" if on else "off",
-            ", ".join(intercepting) or "nothing",
-        )
-        return {"device": ip, "intercepting": intercepting}
 
     def _reopen(self, cap: Any) -> bool:
         """Retry until the interface is back (True) or the agent is told to stop (False)."""
