@@ -74,13 +74,25 @@ class _Pending:
 
 
 def _fingerprint(d: Device) -> int:
-    return hash((d.vendor, d.kind, d.model, d.assistant, tuple(d.names), tuple(d.ips),
-                 tuple(d.evidence), d.first_seen, d.last_seen))
+    return hash(
+        (
+            d.vendor,
+            d.kind,
+            d.model,
+            d.assistant,
+            tuple(d.names),
+            tuple(d.ips),
+            tuple(d.evidence),
+            d.first_seen,
+            d.last_seen,
+        )
+    )
 
 
 class Agent(ControlOps):
-    def __init__(self, cfg: AgentConfig, *, publish_hook: Callable[[str, dict[str, Any]], None]
-                 | None = None) -> None:
+    def __init__(
+        self, cfg: AgentConfig, *, publish_hook: Callable[[str, dict[str, Any]], None] | None = None
+    ) -> None:
         if cfg.mode not in MODES:
             raise ValueError(f"unknown mode {cfg.mode!r}: choose one of {', '.join(MODES)}")
         self.cfg = cfg
@@ -88,14 +100,28 @@ class Agent(ControlOps):
         self._publish_hook = publish_hook
         self._lock = threading.Lock()
         self._status: dict[str, Any] = {
-            "mode": cfg.mode, "interface": cfg.interface, "state": "starting",
-            "packets": 0, "bytes": 0, "kernel_drops": 0, "capture_rate_pps": 0.0,
-            "malformed": 0, "non_ip": 0, "devices": 0, "uploads": 0, "watched": [],
+            "mode": cfg.mode,
+            "interface": cfg.interface,
+            "state": "starting",
+            "packets": 0,
+            "bytes": 0,
+            "kernel_drops": 0,
+            "capture_rate_pps": 0.0,
+            "malformed": 0,
+            "non_ip": 0,
+            "devices": 0,
+            "uploads": 0,
+            "watched": [],
             "problems": [],
             # What never reached the store, by cause: frames the kernel dropped, frames whose
             # headers could not be decoded, per-second points shed while the store was down.
-            "dropped": {"kernel": 0, "malformed": 0, "series_points": 0,
-                        "devices_over_cap": 0, "packets_of_those": 0},
+            "dropped": {
+                "kernel": 0,
+                "malformed": 0,
+                "series_points": 0,
+                "devices_over_cap": 0,
+                "packets_of_those": 0,
+            },
         }
         self.server: AgentServer | None = None
         # Work the API's worker threads hand to the capture thread (which owns the pipeline,
@@ -163,8 +189,9 @@ class Agent(ControlOps):
                 lambda: self._intercept(store, watch, pipe, cap, prm)
             ),
         }
-        self.server = AgentServer(cfg.socket_path, backend, group=cfg.socket_group,
-                                  controls=controls)
+        self.server = AgentServer(
+            cfg.socket_path, backend, group=cfg.socket_group, controls=controls
+        )
         interceptor = self._start_intercept(store, watch) if cfg.mode == "intercept" else None
         try:
             # Devices that were already talking announce themselves only now and then (ARP
@@ -178,8 +205,13 @@ class Agent(ControlOps):
             store.close()
             raise
         narrow_at: float | None = time.monotonic() + DISCOVERY_WINDOW_S
-        log.info("capturing on %s (%s mode), LAN %s, API on %s", cfg.interface, cfg.mode,
-                 ", ".join(lan), cfg.socket_path)
+        log.info(
+            "capturing on %s (%s mode), LAN %s, API on %s",
+            cfg.interface,
+            cfg.mode,
+            ", ".join(lan),
+            cfg.socket_path,
+        )
         self._set(state="capturing", started=time.time())
         pending = _Pending()
         next_write = time.monotonic() + WRITE_EVERY_S
@@ -190,8 +222,9 @@ class Agent(ControlOps):
                 try:
                     batch = cap.read_batch(timeout_s=0.2)
                 except InterfaceGone as gone:
-                    self._problem("interface", f"capture: {gone}; retrying every "
-                                  f"{REOPEN_EVERY_S:.0f} s")
+                    self._problem(
+                        "interface", f"capture: {gone}; retrying every {REOPEN_EVERY_S:.0f} s"
+                    )
                     if not self._reopen(cap):
                         break
                     self._clear_problem("interface")
@@ -217,13 +250,23 @@ class Agent(ControlOps):
                     t0, n0 = rate_window[0]
                     rate = (pipe.stats.packets - n0) / (now - t0) if now > t0 else 0.0
                     ps = pipe.stats
-                    self._set(packets=ps.packets, bytes=ps.bytes, kernel_drops=st.drops,
-                              capture_rate_pps=round(rate, 1), malformed=ps.malformed,
-                              non_ip=ps.non_ip, devices=len(pipe.inventory), store_ok=store_ok,
-                              dropped={"kernel": st.drops, "malformed": ps.malformed,
-                                       "series_points": self._shed_series,
-                                       "devices_over_cap": pipe.inventory.refused,
-                                       "packets_of_those": ps.refused_packets})
+                    self._set(
+                        packets=ps.packets,
+                        bytes=ps.bytes,
+                        kernel_drops=st.drops,
+                        capture_rate_pps=round(rate, 1),
+                        malformed=ps.malformed,
+                        non_ip=ps.non_ip,
+                        devices=len(pipe.inventory),
+                        store_ok=store_ok,
+                        dropped={
+                            "kernel": st.drops,
+                            "malformed": ps.malformed,
+                            "series_points": self._shed_series,
+                            "devices_over_cap": pipe.inventory.refused,
+                            "packets_of_those": ps.refused_packets,
+                        },
+                    )
         finally:
             self._set(state="stopping")
             pending.uploads.extend(pipe.flush())
@@ -235,8 +278,9 @@ class Agent(ControlOps):
             self.server.stop()
             backend.close()
             store.close()
-            log.info("stopped: %d packets, %d uploads", pipe.stats.packets,
-                     self.status()["uploads"])
+            log.info(
+                "stopped: %d packets, %d uploads", pipe.stats.packets, self.status()["uploads"]
+            )
         return 0
 
     def _reopen(self, cap: Any) -> bool:
@@ -280,10 +324,17 @@ class Agent(ControlOps):
             if key not in self._announced_starts:
                 self._announced_starts.add(key)
                 name = pipe.names.name_for(key[0], key[1])
-                self._publish("upload_started", {
-                    "device": key[0], "start": start, "destination": name or key[1],
-                    "remote_ip": key[1], "proto": key[2], "port": key[3],
-                })
+                self._publish(
+                    "upload_started",
+                    {
+                        "device": key[0],
+                        "start": start,
+                        "destination": name or key[1],
+                        "remote_ip": key[1],
+                        "proto": key[2],
+                        "port": key[3],
+                    },
+                )
         if len(self._announced_starts) > 1000:
             live = {k for k, _ in pipe.detector.in_progress()}
             self._announced_starts &= live
@@ -298,13 +349,19 @@ class Agent(ControlOps):
         pending.names.extend(pipe.names.pop_changed())
         try:
             ids = store.write_live(
-                capture_id, devices=devices, names=pending.names,
-                flows=list(pending.flows.values()), series=list(pending.series),
+                capture_id,
+                devices=devices,
+                names=pending.names,
+                flows=list(pending.flows.values()),
+                series=list(pending.series),
                 uploads=pending.uploads,
             )
         except StoreError as e:
-            self._problem("store", f"{e}; capture goes on, data is kept in memory and written "
-                          "when the store accepts it")
+            self._problem(
+                "store",
+                f"{e}; capture goes on, data is kept in memory and written "
+                "when the store accepts it",
+            )
             return False
         stored.update((d.mac, m) for d, m in changed)
         for uid, up in zip(ids, pending.uploads, strict=True):
@@ -313,8 +370,11 @@ class Agent(ControlOps):
             self._publish("upload_ended", data)
         if pending.dropped_series:
             self._shed_series += pending.dropped_series
-            self._problem("store", f"{pending.dropped_series} per-second points were dropped "
-                          "while the store was unavailable")
+            self._problem(
+                "store",
+                f"{pending.dropped_series} per-second points were dropped "
+                "while the store was unavailable",
+            )
         else:
             self._clear_problem("store")
         with self._lock:
