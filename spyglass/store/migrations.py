@@ -139,6 +139,13 @@ def m002_capture_fingerprint(db: Database) -> None:
     db.execute("ALTER TABLE captures RENAME COLUMN sha256 TO fingerprint")
 
 
+@MIGRATIONS()
+def m003_drop_endpoint_names_ip(db: Database) -> None:
+    # No query looks names up by address alone (the primary key serves device + address), and
+    # the index cost half the time of storing a DNS-heavy capture's names.
+    db.execute("DROP INDEX IF EXISTS endpoint_names_ip")
+
+
 def known() -> list[str]:
     """Names of every migration this version of Spyglass knows, in order."""
     return [m.name for m in MIGRATIONS._migrations]
