@@ -28,7 +28,7 @@ from typing import BinaryIO, Final, Literal, cast
 from spyglass.core.frames import FrameBatch
 from spyglass.core.pcapformat import _PCAP_MAGICS, MAX_CAPLEN, _Pcap
 from spyglass.core.pcapngformat import _BOM, _SHB, _PcapNg
-from spyglass.core.recordwalk import _FAULT, _FLUSH, _Format
+from spyglass.core.recordwalk import FAULT, FLUSH, Format
 
 __all__ = [
     "MAX_CAPLEN",
@@ -91,7 +91,7 @@ def open_capture(
     return CaptureReader(path, chunk_bytes=chunk_bytes, map_file=map_file)
 
 
-class _Problems:
+class Problems:
     """Collects problems into the report, one entry per kind with a repeat count."""
 
     def __init__(self, report: ReadReport) -> None:
@@ -205,7 +205,7 @@ class CaptureReader:
     def __iter__(self) -> Iterator[FrameBatch]:
         report = ReadReport(self.path, self._fmt_name, file_size=self.report.file_size)
         self.report = report
-        problems = _Problems(report)
+        problems = Problems(report)
         try:
             # Unbuffered: each chunk is read straight into its own bytes object.
             fh = open(self.path, "rb", buffering=0)  # noqa: SIM115 - closed in finally below
@@ -218,8 +218,8 @@ class CaptureReader:
         finally:
             fh.close()
 
-    def _read(self, fh: BinaryIO, report: ReadReport, problems: _Problems) -> Iterator[FrameBatch]:
-        fmt: _Format
+    def _read(self, fh: BinaryIO, report: ReadReport, problems: Problems) -> Iterator[FrameBatch]:
+        fmt: Format
         if self._fmt_name == "pcap":
             header = fh.read(24)
             fmt = _Pcap(header, problems)
@@ -247,10 +247,10 @@ class CaptureReader:
                 if batch is not None:
                     report.packets += len(batch)
                     yield batch
-                if walk.reason != _FLUSH:
+                if walk.reason != FLUSH:
                     break
                 start = walk.stop
-            if walk.reason == _FAULT:
+            if walk.reason == FAULT:
                 report.stopped_early = True
                 return
             # Otherwise the record at walk.stop is incomplete.

@@ -10,22 +10,22 @@ import numpy as np
 from spyglass.core.frames import F64, U16, FrameBatch
 from spyglass.core.lanes import LaneFinder
 from spyglass.core.recordwalk import (
-    _FAULT,
-    _MAX_WIRE,
-    _NEED,
-    _REC,
-    _SKIP,
-    _field,
-    _Format,
-    _headers,
-    _hybrid_walk,
-    _Scratch,
-    _Walk,
-    _wire,
+    FAULT,
+    MAX_WIRE,
+    NEED,
+    REC,
+    SKIP,
+    Format,
+    Scratch,
+    Walk,
+    fixed_wire,
+    gather_headers,
+    header_field,
+    hybrid_walk,
 )
 
 if TYPE_CHECKING:
-    from spyglass.core.capfile import _Problems
+    from spyglass.core.capfile import Problems
 
 MAX_CAPLEN: Final = 256 * 1024  # largest frame we believe (tcpdump's default snaplen)
 
@@ -37,8 +37,8 @@ _PCAP_MAGICS: Final = {
 }
 
 
-class _Pcap(_Format):
-    def __init__(self, header: bytes, problems: _Problems) -> None:
+class _Pcap(Format):
+    def __init__(self, header: bytes, problems: Problems) -> None:
         order, self._frac = _PCAP_MAGICS[header[:4]]
         self._order = order
         _maj, _min, zone, _sig, snaplen, network = struct.unpack_from(order + "HHiIII", header, 4)
@@ -50,10 +50,10 @@ class _Pcap(_Format):
         self._cap_limit = max(self._cap_limit, 64)
         self._hdr = struct.Struct(order + "IIII").unpack_from
         self._problems = problems
-        self._scratch = _Scratch()
-        self._lanes = LaneFinder(order, self._cap_limit, _MAX_WIRE)
+        self._scratch = Scratch()
+        self._lanes = LaneFinder(order, self._cap_limit, MAX_WIRE)
 
-    def walk(self, buf: bytes, start: int) -> _Walk:
+    def walk(self, buf: bytes, start: int) -> Walk:
         end = len(buf)
         cand = np.zeros(0, np.int64)
         nxt = cand
@@ -64,21 +64,21 @@ class _Pcap(_Format):
             # Every header in a file shares the top byte of its seconds; look for that byte.
             top = 3 if self._order == "<" else 0
             cand = self._scratch.find(buf, start + top, end - 16 + top, buf[start + top]) - top
-            hdr = _headers(buf, cand, 16)
+            hdr = gather_headers(buf, cand, 16)
             u32 = self._order + "u4"
-            caplen = _field(hdr, 16, 8, u32).astype(np.int64)
-            wirelen = _field(hdr, 16, 12, u32)
+            caplen = header_field(hdr, 16, 8, u32).astype(np.int64)
+            wirelen = header_field(hdr, 16, 12, u32)
             nxt = cand + 16 + caplen
             good = (caplen > 0) & (caplen <= self._cap_limit) & (nxt <= end)
-            good &= (wirelen >= caplen) & (wirelen <= _MAX_WIRE)
+            good &= (wirelen >= caplen) & (wirelen <= MAX_WIRE)
             cand, nxt, brk = self._scratch.chain(cand[good], nxt[good], start)
         else:
             brk = np.zeros(0, np.int64)
-        return _hybrid_walk(cand, nxt, brk, start, lambda pos, _pending: self._step(buf, pos))
+        return hybrid_walk(cand, nxt, brk, start, lambda pos, _pending: self._step(buf, pos))
 
     def _step(self, buf: bytes, pos: int) -> tuple[int, int, int]:
         if pos + 16 > len(buf):
-            return _NEED, 16, 0
+            return NEED, 16, 0
         _sec, _frac, caplen, wirelen = self._hdr(buf, pos)
         at = self.file_base + pos
         if caplen > self._cap_limit:
@@ -88,31 +88,31 @@ class _Pcap(_Format):
                 f"record at byte {at} claims {caplen} captured bytes (snaplen {self.snaplen}): "
                 "not a plausible record, the file is corrupt from here",
             )
-            return _FAULT, 0, 0
+            return FAULT, 0, 0
         if pos + 16 + caplen > len(buf):
-            return _NEED, 16 + caplen, 0
+            return NEED, 16 + caplen, 0
         if caplen == 0:
             self._problems.add("zero", at, f"zero-length record at byte {at} skipped")
-            return _SKIP, pos + 16, 0
-        if not caplen <= wirelen <= _MAX_WIRE:
+            return SKIP, pos + 16, 0
+        if not caplen <= wirelen <= MAX_WIRE:
             self._problems.add(
                 "wirelen",
                 at,
                 f"record at byte {at} has wire length {wirelen} for {caplen} captured bytes; "
                 "wire length taken as the captured length",
             )
-        return _REC, pos + 16 + caplen, 0
+        return REC, pos + 16 + caplen, 0
 
-    def batch(self, buf: bytes, walk: _Walk) -> FrameBatch | None:
+    def batch(self, buf: bytes, walk: Walk) -> FrameBatch | None:
         pos = walk.pos
         if pos.size == 0:
             return None
-        hdr = _headers(buf, pos, 16)
+        hdr = gather_headers(buf, pos, 16)
         u32 = self._order + "u4"
-        sec = _field(hdr, 16, 0, u32)
-        frac = _field(hdr, 16, 4, u32)
-        caplen = _field(hdr, 16, 8, u32).astype(np.int32)
-        wirelen = _wire(_field(hdr, 16, 12, u32).astype(np.int64), caplen)
+        sec = header_field(hdr, 16, 0, u32)
+        frac = header_field(hdr, 16, 4, u32)
+        caplen = header_field(hdr, 16, 8, u32).astype(np.int32)
+        wirelen = fixed_wire(header_field(hdr, 16, 12, u32).astype(np.int64), caplen)
         ts: F64 = sec + frac * self._frac
         if self._zone:
             ts += self._zone

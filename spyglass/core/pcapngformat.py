@@ -10,24 +10,24 @@ import numpy as np
 
 from spyglass.core.frames import F64, I32, I64, U16, FrameBatch
 from spyglass.core.recordwalk import (
-    _FAULT,
-    _FLUSH,
-    _MAX_WIRE,
-    _NEED,
-    _REC,
-    _SKIP,
-    _field,
-    _Format,
-    _headers,
-    _hybrid_walk,
-    _Scratch,
-    _u32_view,
-    _Walk,
-    _wire,
+    FAULT,
+    FLUSH,
+    MAX_WIRE,
+    NEED,
+    REC,
+    SKIP,
+    Format,
+    Scratch,
+    Walk,
+    fixed_wire,
+    gather_headers,
+    header_field,
+    hybrid_walk,
+    u32_view,
 )
 
 if TYPE_CHECKING:
-    from spyglass.core.capfile import _Problems
+    from spyglass.core.capfile import Problems
 
 _MAX_BLOCK: Final = 64 << 20  # pcapng blocks beyond this are garbage, not data
 
@@ -45,10 +45,10 @@ class _Iface:
     tsoffset: int  # seconds added to every timestamp
 
 
-class _PcapNg(_Format):
-    def __init__(self, problems: _Problems) -> None:
+class _PcapNg(Format):
+    def __init__(self, problems: Problems) -> None:
         self._problems = problems
-        self._scratch = _Scratch()
+        self._scratch = Scratch()
         self._order = "<"
         self._ifaces: list[_Iface] = []
         self._last_ts = 0.0  # for SPBs, which carry no timestamp
@@ -61,27 +61,27 @@ class _PcapNg(_Format):
         self._epb = struct.Struct(order + "IIIII").unpack_from
         self._u16 = struct.Struct(order + "H").unpack_from
 
-    def walk(self, buf: bytes, start: int) -> _Walk:
+    def walk(self, buf: bytes, start: int) -> Walk:
         end = len(buf)
         n_if = len(self._ifaces)
         if end - start >= 64 and n_if:
             at, value = self._anchor(buf, start)
             cand = self._scratch.find(buf, start + at, end - 32 + at, value) - at
-            hdr = _headers(buf, cand, 28)
+            hdr = gather_headers(buf, cand, 28)
             u32 = self._order + "u4"
-            blen = _field(hdr, 28, 4, u32).astype(np.int64)
-            caplen = _field(hdr, 28, 20, u32).astype(np.int64)
-            wirelen = _field(hdr, 28, 24, u32)
+            blen = header_field(hdr, 28, 4, u32).astype(np.int64)
+            caplen = header_field(hdr, 28, 20, u32).astype(np.int64)
+            wirelen = header_field(hdr, 28, 24, u32)
             nxt = cand + blen
-            fits = (_field(hdr, 28, 0, u32) == _EPB) & (blen >= 32) & ((blen & 3) == 0)
-            fits &= (nxt <= end) & (_field(hdr, 28, 8, u32) < n_if) & (caplen > 0)
-            fits &= (caplen + 32 <= blen) & (wirelen >= caplen) & (wirelen <= _MAX_WIRE)
+            fits = (header_field(hdr, 28, 0, u32) == _EPB) & (blen >= 32) & ((blen & 3) == 0)
+            fits &= (nxt <= end) & (header_field(hdr, 28, 8, u32) < n_if) & (caplen > 0)
+            fits &= (caplen + 32 <= blen) & (wirelen >= caplen) & (wirelen <= MAX_WIRE)
             cand, blen, nxt = cand[fits], blen[fits], nxt[fits]
-            good = _u32_view(buf, self._order)[nxt - 4] == blen
+            good = u32_view(buf, self._order)[nxt - 4] == blen
             cand, nxt, brk = self._scratch.chain(cand[good], nxt[good], start)
         else:
             cand = nxt = brk = np.zeros(0, np.int64)
-        return _hybrid_walk(cand, nxt, brk, start, lambda p, pend: self._step(buf, p, pend))
+        return hybrid_walk(cand, nxt, brk, start, lambda p, pend: self._step(buf, p, pend))
 
     def _anchor(self, buf: bytes, start: int) -> tuple[int, int]:
         """A byte every EPB header of this stretch shares, and where it sits in the header.
@@ -105,7 +105,7 @@ class _PcapNg(_Format):
         end = len(buf)
         at = self.file_base + pos
         if pos + 12 > end:
-            return _NEED, 12, 0
+            return NEED, 12, 0
         btype = int.from_bytes(buf[pos : pos + 4], "little")
         if btype == _SHB:
             return self._section(buf, pos, pending)
@@ -118,14 +118,14 @@ class _PcapNg(_Format):
                 + ("not a multiple of 4" if blen >= 12 else "shorter than a block header")
                 + ": the file is corrupt from here",
             )
-            return _FAULT, 0, 0
+            return FAULT, 0, 0
         if blen > _MAX_BLOCK:
             self._problems.add(
                 "huge", at, f"block at byte {at} claims {blen} bytes: the file is corrupt from here"
             )
-            return _FAULT, 0, 0
+            return FAULT, 0, 0
         if pos + blen > end:
-            return _NEED, blen, 0
+            return NEED, blen, 0
         (trail,) = self._u32(buf, pos + blen - 4)
         if trail != blen:
             self._problems.add(
@@ -134,7 +134,7 @@ class _PcapNg(_Format):
                 f"block at byte {at} has length {blen} but its trailing length says {trail}: "
                 "the file is corrupt from here",
             )
-            return _FAULT, 0, 0
+            return FAULT, 0, 0
         if btype in (_EPB, _PB):
             return self._packet(buf, pos, btype, blen, at)
         if btype == _SPB:
@@ -142,17 +142,17 @@ class _PcapNg(_Format):
                 self._problems.add(
                     "iface", at, f"packet at byte {at} names interface 0, which is not defined"
                 )
-                return _SKIP, pos + blen, 0
+                return SKIP, pos + blen, 0
             if blen < 20 or self._u32(buf, pos + 8)[0] == 0:
                 self._problems.add("zero", at, f"zero-length packet at byte {at} skipped")
-                return _SKIP, pos + blen, 0
-            return _REC, pos + blen, _KIND_SPB
+                return SKIP, pos + blen, 0
+            return REC, pos + blen, _KIND_SPB
         if btype == _IDB:
             if pending:
-                return _FLUSH, pos, 0  # packets so far belong to the old interface table
+                return FLUSH, pos, 0  # packets so far belong to the old interface table
             self._interface(buf, pos, blen, at)
-            return _FLUSH, pos + blen, 0  # walk again: the candidate filter knows the interfaces
-        return _SKIP, pos + blen, 0
+            return FLUSH, pos + blen, 0  # walk again: the candidate filter knows the interfaces
+        return SKIP, pos + blen, 0
 
     def _packet(self, buf: bytes, pos: int, btype: int, blen: int, at: int) -> tuple[int, int, int]:
         iface, _hi, _lo, caplen, wirelen = self._epb(buf, pos + 8)
@@ -162,7 +162,7 @@ class _PcapNg(_Format):
             self._problems.add(
                 "iface", at, f"packet at byte {at} names interface {iface}, which is not defined"
             )
-            return _SKIP, pos + blen, 0
+            return SKIP, pos + blen, 0
         if caplen + 32 > blen:
             self._problems.add(
                 "epbcap",
@@ -170,23 +170,23 @@ class _PcapNg(_Format):
                 f"packet at byte {at} claims {caplen} captured bytes in a {blen}-byte block; "
                 "skipped",
             )
-            return _SKIP, pos + blen, 0
+            return SKIP, pos + blen, 0
         if caplen == 0:
             self._problems.add("zero", at, f"zero-length packet at byte {at} skipped")
-            return _SKIP, pos + blen, 0
-        if not caplen <= wirelen <= _MAX_WIRE:
+            return SKIP, pos + blen, 0
+        if not caplen <= wirelen <= MAX_WIRE:
             self._problems.add(
                 "wirelen",
                 at,
                 f"packet at byte {at} has wire length {wirelen} for {caplen} captured bytes; "
                 "wire length taken as the captured length",
             )
-        return _REC, pos + blen, _KIND_EPB if btype == _EPB else _KIND_PB
+        return REC, pos + blen, _KIND_EPB if btype == _EPB else _KIND_PB
 
     def _section(self, buf: bytes, pos: int, pending: bool) -> tuple[int, int, int]:
         at = self.file_base + pos
         if pos + 28 > len(buf):
-            return _NEED, 28, 0
+            return NEED, 28, 0
         bom = buf[pos + 8 : pos + 12]
         if int.from_bytes(bom, "little") == _BOM:
             order = "<"
@@ -196,15 +196,15 @@ class _PcapNg(_Format):
             self._problems.add(
                 "bom", at, f"section header at byte {at} has no byte-order magic: corrupt from here"
             )
-            return _FAULT, 0, 0
+            return FAULT, 0, 0
         (blen,) = struct.unpack_from(order + "I", buf, pos + 4)
         if blen < 28 or blen & 3 or blen > _MAX_BLOCK:
             self._problems.add(
                 "blen", at, f"section header at byte {at} has bad length {blen}: corrupt from here"
             )
-            return _FAULT, 0, 0
+            return FAULT, 0, 0
         if pos + blen > len(buf):
-            return _NEED, blen, 0
+            return NEED, blen, 0
         if struct.unpack_from(order + "I", buf, pos + blen - 4)[0] != blen:
             self._problems.add(
                 "trail",
@@ -212,13 +212,13 @@ class _PcapNg(_Format):
                 f"section header at byte {at} has a trailing length that does not match: "
                 "corrupt from here",
             )
-            return _FAULT, 0, 0
+            return FAULT, 0, 0
         if pending:
-            return _FLUSH, pos, 0  # the new section has its own interfaces
+            return FLUSH, pos, 0  # the new section has its own interfaces
         self._set_order(order)
         self._ifaces = []
         self._last_ts = 0.0
-        return _FLUSH, pos + blen, 0
+        return FLUSH, pos + blen, 0
 
     def _interface(self, buf: bytes, pos: int, blen: int, at: int) -> None:
         if blen < 20:
@@ -248,7 +248,7 @@ class _PcapNg(_Format):
             opt += 4 + ((length + 3) & ~3)
         self._ifaces.append(_Iface(linktype, snaplen, units, tsoffset))
 
-    def batch(self, buf: bytes, walk: _Walk) -> FrameBatch | None:
+    def batch(self, buf: bytes, walk: Walk) -> FrameBatch | None:
         pos = walk.pos
         n = int(pos.size)
         if n == 0:
@@ -261,9 +261,9 @@ class _PcapNg(_Format):
         # One gather of the fixed EPB fields; an SPB near the buffer end reads padding here
         # and takes its own fields below.
         src = buf if len(buf) >= 28 else bytes(buf) + bytes(28)
-        hdr = _headers(src, np.minimum(pos, len(src) - 28), 28)
+        hdr = gather_headers(src, np.minimum(pos, len(src) - 28), 28)
         u32 = self._order + "u4"
-        raw = _field(hdr, 28, 8, u32)
+        raw = header_field(hdr, 28, 8, u32)
         if any_pb:
             # The old Packet Block has a 16-bit interface id where EPB has 32 bits.
             short = raw >> 16 if self._order == ">" else raw & 0xFFFF
@@ -279,7 +279,7 @@ class _PcapNg(_Format):
             link_tab = np.array([f.linktype for f in ifaces], np.int64)
             linktype = link_tab[iface].astype(np.uint16)
 
-        ticks = (_field(hdr, 28, 12, u32).astype(np.uint64) << np.uint64(32)) | _field(
+        ticks = (header_field(hdr, 28, 12, u32).astype(np.uint64) << np.uint64(32)) | header_field(
             hdr, 28, 16, u32
         )
         units_set = {f.units for f in ifaces}
@@ -296,11 +296,11 @@ class _PcapNg(_Format):
         if any(f.tsoffset for f in ifaces):
             ts = ts + np.array([f.tsoffset for f in ifaces], np.float64)[iface]
 
-        caplen: I64 = _field(hdr, 28, 20, u32).astype(np.int64)
-        wirelen: I64 = _field(hdr, 28, 24, u32).astype(np.int64)
+        caplen: I64 = header_field(hdr, 28, 20, u32).astype(np.int64)
+        wirelen: I64 = header_field(hdr, 28, 24, u32).astype(np.int64)
         data: I64 = pos + 28
         if any_spb:
-            v = _u32_view(buf, self._order)
+            v = u32_view(buf, self._order)
             orig = v[np.where(spb, pos + 8, 0)].astype(np.int64)
             room = v[np.where(spb, pos + 4, 0)].astype(np.int64) - 16
             snap = ifaces[0].snaplen
@@ -316,5 +316,5 @@ class _PcapNg(_Format):
             ts = np.where(idx >= 0, ts[np.maximum(idx, 0)], self._last_ts)
         self._last_ts = float(ts[-1])
         caplen32: I32 = caplen.astype(np.int32)
-        wirelen32 = _wire(wirelen, caplen)
+        wirelen32 = fixed_wire(wirelen, caplen)
         return FrameBatch(buf, data, caplen32, wirelen32, ts, linktype)

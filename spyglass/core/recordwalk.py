@@ -1,9 +1,10 @@
 """The record-walk machinery shared by the pcap and pcapng formats of ``capfile``.
 
 The speculative walk (see the ``capfile`` docstring): per-byte candidate search and chaining
-(``_Scratch``), the walk that accepts verified candidate runs in bulk and hands everything else
-to a format's careful step (``_hybrid_walk``), header gathers (``_headers``, ``_field``), and
-``_Format``, what a format gives the chunk loop.
+(``Scratch``), the walk that accepts verified candidate runs in bulk and hands everything else
+to a format's careful step (``hybrid_walk``), header gathers (``gather_headers``,
+``header_field``), and ``Format``, what a format gives the chunk loop. Public names: the two
+format modules and ``capfile`` share them.
 """
 
 from __future__ import annotations
@@ -17,31 +18,31 @@ import numpy.typing as npt
 
 from spyglass.core.frames import I32, I64, U8, FrameBatch
 
-_MAX_WIRE: Final = 1 << 24  # wire lengths beyond this (jumbo, offload: <= 256 KiB) are junk
+MAX_WIRE: Final = 1 << 24  # wire lengths beyond this (jumbo, offload: <= 256 KiB) are junk
 
 
 # Outcome of a careful single-record step.
-_NEED, _FAULT, _FLUSH, _SKIP, _REC = range(5)
+NEED, FAULT, FLUSH, SKIP, REC = range(5)
 
 
 @dataclass(slots=True)
-class _Walk:
+class Walk:
     """Records found in one buffer, and why the walk stopped."""
 
     pos: I64
     kind: U8
     stop: int
-    reason: int  # _NEED (stop starts an incomplete record), _FAULT, _FLUSH
+    reason: int  # NEED (stop starts an incomplete record), FAULT, FLUSH
     need: int = 0  # bytes the incomplete record needs, from ``stop``
 
 
-def _u32_view(buf: bytes, order: str) -> np.ndarray:
+def u32_view(buf: bytes, order: str) -> np.ndarray:
     """A uint32 at every byte position of ``buf`` (unaligned strided view, no copy)."""
     n = max(len(buf) - 3, 0)
     return np.ndarray((n,), dtype=np.dtype(order + "u4"), buffer=buf, strides=(1,))
 
 
-def _headers(buf: bytes, pos: I64, width: int) -> npt.NDArray[np.void]:
+def gather_headers(buf: bytes, pos: I64, width: int) -> npt.NDArray[np.void]:
     """``width`` bytes at every position (all inside ``buf``), one gather into a compact copy."""
     view: npt.NDArray[np.void] = np.ndarray(
         (len(buf) - width + 1,), np.dtype(f"V{width}"), buf, 0, (1,)
@@ -49,7 +50,7 @@ def _headers(buf: bytes, pos: I64, width: int) -> npt.NDArray[np.void]:
     return view[pos]
 
 
-def _field(hdr: npt.NDArray[np.void], width: int, at: int, dtype: str) -> npt.NDArray[Any]:
+def header_field(hdr: npt.NDArray[np.void], width: int, at: int, dtype: str) -> npt.NDArray[Any]:
     """The integer at byte ``at`` of every gathered header (a strided view)."""
     if hdr.size == 0:
         return np.zeros(0, np.dtype(dtype))
@@ -73,7 +74,7 @@ def _set_bytes(words: npt.NDArray[np.uint64], index: I64) -> I64:
     return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
 
-class _Scratch:
+class Scratch:
     """Reusable per-byte work arrays: fresh 4 MiB arrays per chunk cost page faults."""
 
     def __init__(self) -> None:
@@ -122,13 +123,13 @@ class _Scratch:
         return cand, nxt, np.append(brk, cand.size - 1)
 
 
-def _hybrid_walk(
+def hybrid_walk(
     cand: I64,
     nxt: I64,
     brk: I64,
     start: int,
     step: Callable[[int, bool], tuple[int, int, int]],
-) -> _Walk:
+) -> Walk:
     """Walk from ``start``: verified candidate runs in bulk, anything else with ``step``.
 
     ``step(pos, pending)`` returns (outcome, next_pos_or_need, kind); ``pending`` says whether
@@ -165,37 +166,37 @@ def _hybrid_walk(
             next_cand = int(cand[i]) if i < nc else -1
             continue
         outcome, value, kind = step(pos, bool(pieces or slow_pos))
-        if outcome == _REC:
+        if outcome == REC:
             slow_pos.append(pos)
             slow_kind.append(kind)
             pos = value
-        elif outcome == _SKIP:
+        elif outcome == SKIP:
             pos = value
         else:
             flush_slow()
-            stop = value if outcome == _FLUSH else pos
+            stop = value if outcome == FLUSH else pos
             if pieces:
                 allpos = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
                 allkind = np.concatenate(kinds) if len(kinds) > 1 else kinds[0]
             else:
                 allpos, allkind = np.zeros(0, np.int64), np.zeros(0, np.uint8)
-            return _Walk(allpos, allkind, stop, outcome, value if outcome == _NEED else 0)
+            return Walk(allpos, allkind, stop, outcome, value if outcome == NEED else 0)
 
 
-def _wire(wirelen: I64, caplen: npt.NDArray[np.integer[Any]]) -> I32:
+def fixed_wire(wirelen: I64, caplen: npt.NDArray[np.integer[Any]]) -> I32:
     """Wire lengths, with implausible ones (below caplen, absurdly large) replaced by caplen."""
-    bad = (wirelen < caplen) | (wirelen > _MAX_WIRE)
+    bad = (wirelen < caplen) | (wirelen > MAX_WIRE)
     fixed: I32 = np.where(bad, caplen, wirelen).astype(np.int32)
     return fixed
 
 
-class _Format:
+class Format:
     """What a file format must provide to the chunk loop."""
 
     file_base = 0  # file offset of the current buffer's first byte, for messages
 
-    def walk(self, buf: bytes, start: int) -> _Walk:
+    def walk(self, buf: bytes, start: int) -> Walk:
         raise NotImplementedError
 
-    def batch(self, buf: bytes, walk: _Walk) -> FrameBatch | None:
+    def batch(self, buf: bytes, walk: Walk) -> FrameBatch | None:
         raise NotImplementedError
