@@ -27,7 +27,8 @@ class StoreOpener:
     def __init__(self, path: Path | None, *, keep: bool = True) -> None:
         self.path = path
         self.keep = keep
-        self._thread: threading.Thread | None = None
+        self._started = False
+        self._thread: threading.Thread | None = None  # the opening, once started
         self._store: Store | None = None
         self._error: BaseException | None = None
         self._owned = True  # close() closes the store
@@ -36,13 +37,12 @@ class StoreOpener:
     def ready(cls, store: Store | None) -> StoreOpener:
         """An opener holding a store the caller already opened (or none: nothing is kept)."""
         opener = cls(store.path if store is not None else None, keep=store is not None)
-        opener._store, opener._owned = store, False
-        opener._thread = threading.Thread(target=lambda: None)
-        opener._thread.start()
+        opener._store, opener._owned, opener._started = store, False, True
         return opener
 
     def start(self) -> None:
-        if self._thread is None:
+        if not self._started:
+            self._started = True
             self._thread = threading.Thread(target=self._open, name="store-open", daemon=True)
             self._thread.start()
 
@@ -58,23 +58,22 @@ class StoreOpener:
 
     def check(self) -> None:
         """Raise the opening's error if it has already failed."""
-        done = self._thread is not None and not self._thread.is_alive()
-        if done and self._error is not None:
+        opening = self._thread is not None and self._thread.is_alive()
+        if not opening and self._error is not None:
             raise self._error
 
     def get(self) -> Store | None:
         """The open store (None with ``keep=False``); waits for the opening; raises its error."""
         self.start()
-        assert self._thread is not None
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         if self._error is not None:
             raise self._error
         return self._store
 
     def close(self) -> None:
-        if self._thread is None:
-            return
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         if self._store is not None and self._owned:
             self._store.close()
         self._store = None
