@@ -34,7 +34,6 @@ WATCH_SETTING = "watch"  # the devices the user added: a JSON list of MACs
 
 def default_router(ifname: str) -> str | None:
     """The IPv4 default gateway reached through ``ifname``, from ``ip -j route``."""
-    import json
     import subprocess
 
     out = subprocess.run(
@@ -192,10 +191,11 @@ class ControlOps:
         """Intercept ``ip`` (starting the interceptor for the first device); its true MAC.
         Every refusal becomes a ValueError whose message says why."""
         try:
-            if icpt.running:
-                icpt.add(ip)  # learns and checks its MAC first: InterceptConflict, no answer
-            else:
-                icpt.add(ip)  # only noted while stopped
+            # Running: learns and checks its MAC first (InterceptConflict, no answer).
+            # Stopped: only noted, and this first device starts the interceptor.
+            started = icpt.running
+            icpt.add(ip)
+            if not started:
                 try:
                     icpt.start()  # refuses when another host already intercepts
                 except BaseException:
