@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -106,16 +107,25 @@ def _add_status(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
 
-def _run_status(args: argparse.Namespace) -> int:
+def _ask_agent(
+    args: argparse.Namespace, command: str, timeout: float, request: Callable[[Any], Any]
+) -> Any:
+    """``request(client)`` against the agent at ``--socket``; None (said on stderr) if it fails."""
     from spyglass.api.client import AgentClient, AgentError
     from spyglass.api.protocol import default_socket_path
 
     path = str(args.socket or default_socket_path())
     try:
-        with AgentClient(path, timeout=5.0) as client:
-            st = client.status()
+        with AgentClient(path, timeout=timeout) as client:
+            return request(client)
     except AgentError as e:
-        print(f"spyglass status: {e}", file=sys.stderr)
+        print(f"spyglass {command}: {e}", file=sys.stderr)
+        return None
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    st = _ask_agent(args, "status", 5.0, lambda client: client.status())
+    if st is None:
         return 1
     if args.json:
         print(json.dumps(st))
@@ -159,9 +169,6 @@ def _add_intercept(subparsers: Any) -> None:
 
 
 def _run_intercept(args: argparse.Namespace) -> int:
-    from spyglass.api.client import AgentClient, AgentError
-    from spyglass.api.protocol import default_socket_path
-
     try:
         ip = str(ipaddress.IPv4Address(args.device.strip()))
     except ValueError:
@@ -170,12 +177,10 @@ def _run_intercept(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    path = str(args.socket or default_socket_path())
-    try:
-        with AgentClient(path, timeout=INTERCEPT_TIMEOUT_S) as client:
-            result = client.intercept(ip, on=not args.off)
-    except AgentError as e:
-        print(f"spyglass intercept: {e}", file=sys.stderr)
+    result = _ask_agent(
+        args, "intercept", INTERCEPT_TIMEOUT_S, lambda client: client.intercept(ip, on=not args.off)
+    )
+    if result is None:
         return 1
     if args.json:
         print(json.dumps(result))
