@@ -153,39 +153,30 @@ class NameBook:
         return out
 
     def learn(self, mac: str, ip: str, name: str, source: str, ts: float) -> None:
-        name = name.lower().rstrip(".")
+        self._record(mac, ip, name.lower().rstrip("."), source, ts)
+
+    def learn_dns(self, mac: str, pairs: tuple[tuple[str, str], ...], ts: float) -> None:
+        """:meth:`learn` for the ``(ip, name)`` pairs of one DNS answer, whose names are already
+        lower-case without a final dot (resolve_chain's): no normalising on the per-answer path
+        of a DNS-heavy capture."""
+        for ip, name in pairs:
+            self._record(mac, ip, name, "dns", ts)
+
+    def _record(self, mac: str, ip: str, name: str, source: str, ts: float) -> None:
         key = (mac, ip, name, source)
         self._changed.add(key)
         e = self._entries.get(key)
         if e is None:
             self._entries[key] = EndpointName(mac, ip, name, source, ts, ts)
         else:
-            e.first_seen = min(e.first_seen, ts)
-            e.last_seen = max(e.last_seen, ts)
+            if ts < e.first_seen:
+                e.first_seen = ts
+            if ts > e.last_seen:
+                e.last_seen = ts
         best = self._best.get((mac, ip))
         # SNI names what the device actually connected to; it wins over a DNS answer.
         if best is None or source == "sni" or best[1] != "sni":
             self._best[(mac, ip)] = (name, source)
-
-    def learn_dns(self, mac: str, pairs: tuple[tuple[str, str], ...], ts: float) -> None:
-        """:meth:`learn` for the ``(ip, name)`` pairs of one DNS answer, whose names are already
-        lower-case without a final dot (resolve_chain's): the per-answer cost of a DNS-heavy
-        capture."""
-        entries, best, changed = self._entries, self._best, self._changed
-        for ip, name in pairs:
-            key = (mac, ip, name, "dns")
-            changed.add(key)
-            e = entries.get(key)
-            if e is None:
-                entries[key] = EndpointName(mac, ip, name, "dns", ts, ts)
-            else:
-                if ts < e.first_seen:
-                    e.first_seen = ts
-                if ts > e.last_seen:
-                    e.last_seen = ts
-            held = best.get((mac, ip))
-            if held is None or held[1] != "sni":  # an SNI name outranks any DNS answer
-                best[(mac, ip)] = (name, "dns")
 
     def name_for(self, mac: str, ip: str) -> str | None:
         best = self._best.get((mac, ip))
