@@ -71,7 +71,7 @@ def _stored_choice(store: Store) -> list[str]:
     return list(dict.fromkeys(chosen))
 
 
-def _set_verdict(store: Store, prm: dict[str, Any]) -> dict[str, Any]:
+def set_verdict(store: Store, prm: dict[str, Any]) -> dict[str, Any]:
     store.set_verdict(prm["upload"], prm["verdict"])
     return {"upload": prm["upload"], "verdict": prm["verdict"]}
 

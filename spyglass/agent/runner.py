@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spyglass.adapters.oui import vendor_for_mac
-from spyglass.agent.controls import WATCH_SETTING, ControlOps, _set_verdict
+from spyglass.agent.controls import WATCH_SETTING, ControlOps, set_verdict
 from spyglass.agent.server import AgentServer, StoreBackend
 from spyglass.agent.watch import WatchSet, attach_filter
 from spyglass.api.protocol import device_to_dict, upload_to_dict
@@ -183,7 +183,7 @@ class Agent(ControlOps):
         backend = StoreBackend(store, self.status)
         controls = {
             "watch": lambda prm: self._call(lambda: self._watch(store, watch, cap, prm)),
-            "verdict": lambda prm: self._call(lambda: _set_verdict(store, prm)),
+            "verdict": lambda prm: self._call(lambda: set_verdict(store, prm)),
             "sweep": lambda prm: self._sweep(),
             "intercept": lambda prm: self._intercept_control(
                 lambda: self._intercept(store, watch, pipe, cap, prm)
