@@ -8,13 +8,14 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from spyglass.core.capfile import CaptureReader, ReadReport, open_capture
+from spyglass.core.capfile import CaptureReader, ReadReport, detect_format, open_capture
 from spyglass.core.detect import DetectorConfig
 from spyglass.core.fingerprint import capture_fingerprint
 from spyglass.core.frames import FrameBatch
 from spyglass.core.inventory import VendorLookup
 from spyglass.core.models import Device, EndpointName, Flow, SeriesPoint, Upload
 from spyglass.core.parallel import PreparedReader, WorkerFailed
+from spyglass.core.parallelpcap import SegmentedReader
 from spyglass.core.pipeline import Pipeline, PipelineStats
 from spyglass.core.prepare import Prepared
 
@@ -100,6 +101,14 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+def _format(path: str | os.PathLike[str]) -> str | None:
+    try:
+        with open(path, "rb") as fh:
+            return detect_format(fh.read(4))
+    except OSError:
+        return None  # the reader says why
+
+
 def _size(path: str | os.PathLike[str]) -> int:
     try:
         return os.stat(path).st_size
@@ -119,11 +128,10 @@ def _analyze(
     on_start: Callable[[], None] | None,
 ) -> AnalysisResult:
     pipe = Pipeline(lan=lan, vendor_lookup=vendor_lookup, detector_config=detector_config)
-    reader: PreparedReader | CaptureReader
+    reader: SegmentedReader | PreparedReader | CaptureReader
     if parallel:
-        reader = PreparedReader(
-            path, pipe.prep_settings, chunk_bytes=CHUNK_BYTES, on_start=on_start
-        )
+        two = SegmentedReader if _format(path) == "pcap" else PreparedReader
+        reader = two(path, pipe.prep_settings, chunk_bytes=CHUNK_BYTES, on_start=on_start)
         step: Callable[[Any], object] = partial(_step, pipe)
     else:
         reader = open_capture(path, chunk_bytes=CHUNK_BYTES)
@@ -131,6 +139,11 @@ def _analyze(
             on_start()
         step = pipe.feed
     kept = _run(pipe, reader, step, progress, series_sink)
+    if isinstance(reader, SegmentedReader) and reader.worker_failed:
+        pipe.stats.problems.append(
+            f"the second reader process failed ({reader.worker_failed}); "
+            "the rest of the file was read in one process"
+        )
     identity: tuple[str, int] | str | None = None
     if fingerprint:
         try:
@@ -159,7 +172,7 @@ def _step(pipe: Pipeline, item: Prepared | FrameBatch) -> None:
 
 def _run(
     pipe: Pipeline,
-    reader: PreparedReader | CaptureReader,
+    reader: SegmentedReader | PreparedReader | CaptureReader,
     step: Callable[[Any], object],
     progress: ProgressFn | None,
     series_sink: SeriesSink | None,

@@ -22,25 +22,26 @@ from __future__ import annotations
 import mmap
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import BinaryIO, Final, Literal, cast
+from functools import partial
+from typing import BinaryIO, Literal, cast
 
 from spyglass.core.frames import FrameBatch
-from spyglass.core.pcapformat import _PCAP_MAGICS, MAX_CAPLEN, _Pcap
+from spyglass.core.pcapformat import _PCAP_MAGICS, MAX_CAPLEN
 from spyglass.core.pcapngformat import _BOM, _SHB, _PcapNg
+from spyglass.core.pcapsegments import HEADER, PcapSegments
+from spyglass.core.readreport import Problems, ReadProblem, ReadReport
 from spyglass.core.recordwalk import FAULT, FLUSH, Format
 
 __all__ = [
     "MAX_CAPLEN",
     "CaptureFormatError",
     "CaptureReader",
+    "Problems",
     "ReadProblem",
     "ReadReport",
     "detect_format",
     "open_capture",
 ]
-
-_MAX_PROBLEMS: Final = 50  # distinct problems listed; repeats of one kind are counted instead
 
 
 class CaptureFormatError(Exception):
@@ -51,26 +52,6 @@ class CaptureFormatError(Exception):
         self.offset = offset
         self.reason = reason
         super().__init__(f"{path}: byte {offset}: {reason}")
-
-
-@dataclass
-class ReadProblem:
-    """A fault found while reading: recoverable (skipped) or final (reading stopped there)."""
-
-    offset: int
-    message: str
-
-
-@dataclass
-class ReadReport:
-    path: str
-    format: str  # "pcap" or "pcapng"
-    packets: int = 0
-    bytes_read: int = 0
-    file_size: int = 0
-    problems: list[ReadProblem] = field(default_factory=list)
-    cut_short: bool = False  # the file ended in the middle of a record (capture killed)
-    stopped_early: bool = False  # a fault made the reader stop before the end of the file
 
 
 def detect_format(first_bytes: bytes) -> Literal["pcap", "pcapng"] | None:
@@ -91,33 +72,7 @@ def open_capture(
     return CaptureReader(path, chunk_bytes=chunk_bytes, map_file=map_file)
 
 
-class Problems:
-    """Collects problems into the report, one entry per kind with a repeat count."""
-
-    def __init__(self, report: ReadReport) -> None:
-        self._report = report
-        self._seen: dict[str, tuple[ReadProblem, str, int]] = {}
-
-    def add(self, kind: str, offset: int, message: str) -> None:
-        seen = self._seen.get(kind)
-        if seen is not None:
-            problem, first, count = seen
-            count += 1
-            self._seen[kind] = (problem, first, count)
-            problem.message = f"{first} ({count} times, first at byte {problem.offset})"
-            return
-        if len(self._seen) >= _MAX_PROBLEMS:
-            if "more" not in self._seen:
-                extra = ReadProblem(offset, f"more kinds of problems from byte {offset} not listed")
-                self._seen["more"] = (extra, extra.message, 1)
-                self._report.problems.append(extra)
-            return
-        problem = ReadProblem(offset, message)
-        self._seen[kind] = (problem, message, 1)
-        self._report.problems.append(problem)
-
-
-def _read_at(fh: BinaryIO, offset: int, size: int) -> bytes:
+def read_at(fh: BinaryIO, offset: int, size: int) -> bytes:
     """``size`` bytes from ``offset`` (fewer only at the end of the file)."""
     fh.seek(offset)
     data = fh.read(size)
@@ -134,7 +89,7 @@ def _read_at(fh: BinaryIO, offset: int, size: int) -> bytes:
     return b"".join(parts)
 
 
-def _map_at(fh: BinaryIO, offset: int, size: int) -> bytes:
+def map_at(fh: BinaryIO, offset: int, size: int) -> bytes:
     """``size`` bytes from ``offset`` (fewer at the end), mapped rather than copied.
 
     The mapping lives as long as some view of it (a batch, a queued hash chunk) does, so only
@@ -219,19 +174,16 @@ class CaptureReader:
             fh.close()
 
     def _read(self, fh: BinaryIO, report: ReadReport, problems: Problems) -> Iterator[FrameBatch]:
-        fmt: Format
         if self._fmt_name == "pcap":
-            header = fh.read(24)
-            fmt = _Pcap(header, problems)
-            base = 24
-        else:
-            fmt = _PcapNg(problems)
-            base = 0
+            yield from self._read_pcap(fh, report, problems)
+            return
+        fmt: Format = _PcapNg(problems)
+        base = 0
         report.bytes_read = base
         want = self._chunk
         while True:
             try:
-                buf = _map_at(fh, base, want) if self._map else _read_at(fh, base, want)
+                buf = map_at(fh, base, want) if self._map else read_at(fh, base, want)
             except OSError as exc:
                 problems.add("io", base, f"read error at byte {base}: {exc.strerror or exc}")
                 report.stopped_early = True
@@ -270,3 +222,28 @@ class CaptureReader:
             base += walk.stop
             want = max(walk.need, self._chunk)
             del buf, batch
+
+    def _read_pcap(
+        self, fh: BinaryIO, report: ReadReport, problems: Problems
+    ) -> Iterator[FrameBatch]:
+        """Segment after segment, each walked from where the one before ended (see
+        :mod:`spyglass.core.pcapsegments`: the batches are those a two-process reader gives)."""
+        header = fh.read(HEADER)
+        segments = PcapSegments(header, os.fstat(fh.fileno()).st_size, self._chunk)
+        report.bytes_read = HEADER
+        read = partial(map_at if self._map else read_at, fh)
+        pos = HEADER
+        for k in range(segments.count):
+            try:
+                seg, batch = segments.walk(k, read, pos)
+            except OSError as exc:
+                problems.add("io", pos, f"read error at byte {pos}: {exc.strerror or exc}")
+                report.stopped_early = True
+                return
+            ended = seg.report_to(report, problems)
+            if batch is not None:
+                self.buf_base, self.buf_len = seg.start, len(batch.buf)
+                yield batch
+            if ended:
+                return
+            pos = seg.stop

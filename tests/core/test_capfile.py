@@ -489,9 +489,10 @@ def test_frames_that_look_like_headers(tmp_path: Path) -> None:
 
 
 def test_memory_is_bounded_by_the_chunk(tmp_path: Path) -> None:
-    # Every batch holds one chunk, however long the file: memory does not grow with it.
+    # Every batch holds one chunk (and a little more, for the record crossing its end),
+    # however long the file: memory does not grow with it.
     path = write(tmp_path, pcap_bytes(PACKETS * 20))
     reader = open_capture(path, chunk_bytes=4096)
     sizes = [len(batch.buf) for batch in reader]
-    assert sum(1 for _ in sizes) > 10 and max(sizes) <= 4096
+    assert sum(1 for _ in sizes) > 10 and max(sizes) <= 4096 + 2048
     assert reader.report.packets == len(PACKETS) * 20
