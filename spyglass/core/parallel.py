@@ -1,4 +1,8 @@
-"""Read and prepare a capture file in a second process, so a file uses two cores.
+"""Read and prepare a pcapng file in a second process, so a file uses two cores.
+
+(Classic pcap files, the common large ones, are shared more evenly by
+:mod:`spyglass.core.parallelpcap`, where both processes walk the file. A pcapng file's meaning
+depends on blocks seen earlier, its interface table, so here one process walks it all.)
 
 The worker does everything that depends on one batch alone — reading, record walking, decode,
 :func:`spyglass.core.prepare.prepare` — and sends each batch's compact aggregates through a pipe
