@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spyglass.core.aggregate import group, mix
+from spyglass.core.aggregate import group, mix, run_sums, runs
 from spyglass.core.decode import decode
-from spyglass.core.frames import F64, I32, I64, U8, U16, U64, B, Decoded, FrameBatch
+from spyglass.core.frames import F64, I64, U8, U16, U64, B, Decoded, FrameBatch
 from spyglass.core.lan import LanClassifier
 from spyglass.core.slowpath import select_rows
 
@@ -146,21 +146,23 @@ class Preparer:
 def prepare(batch: FrameBatch, lan: LanClassifier, settings: PrepSettings) -> Prepared:
     """Aggregate one non-empty batch (see :class:`Prepared`)."""
     d = decode(batch)
+    n = len(d)
     ip = (d.ipver > 0) & ~d.malformed
     src_local = lan.is_local(d.src_hi, d.src_lo)
     dst_local = lan.is_local(d.dst_hi, d.dst_lo)
     up = ip & src_local & ~dst_local
-    down = ip & ~src_local & dst_local
     arr = np.frombuffer(batch.buf, dtype=np.uint8)
     slow_d, slow_batch = take_rows(d, batch, select_rows(d, arr, up))
+    r = _Runs(d, ip, src_local, dst_local, up, settings)
+    ip_r = ip[r.heads]
     p = Prepared(
-        packets=len(d),
-        bytes=int(d.wirelen.sum()),
+        packets=n,
+        bytes=int(r.bytes.sum()),
         malformed=int(d.malformed.sum()),
-        non_ip=int((~ip).sum()),
-        local_only=int((ip & src_local & dst_local).sum()),
-        t_first=float(d.ts.min()),
-        t_last=float(d.ts.max()),
+        non_ip=n - int(r.count[ip_r].sum()),
+        local_only=int(r.count[ip_r & r.same & r.any_local].sum()),
+        t_first=float(r.t_min.min()),
+        t_last=float(r.t_max.max()),
         slow_d=slow_d,
         slow_batch=slow_batch,
         dev_mac=_empty_u64(), dev_hi=_empty_u64(), dev_lo=_empty_u64(),
@@ -177,29 +179,91 @@ def prepare(batch: FrameBatch, lan: LanClassifier, settings: PrepSettings) -> Pr
         bi_conn=_empty_i64(), bi_bin=_empty_i64(), bi_mp=_empty_i64(), bi_mb=_empty_i64(),
         bi_ub=_empty_i64(), bi_db=_empty_i64(),
     )
-    _devices(p, d, ip & src_local)
-    # A multicast/broadcast MAC is never a device (remote senders to 224.0.0.0/4 etc.).
-    dev_mac = np.where(up, d.src_mac, d.dst_mac)
-    unicast = ((dev_mac >> _S40) & _MULTICAST) == 0
-    rows = np.flatnonzero((up | down) & unicast)
-    if rows.size:
-        _flows(p, d, rows, up[rows], settings)
+    _devices(p, r, ip_r)
+    # Between the LAN and the rest, in either direction; a multicast/broadcast MAC is never a
+    # device (remote senders to 224.0.0.0/4 etc.).
+    unicast = ((r.a_mac >> _S40) & _MULTICAST) == 0
+    sel = np.flatnonzero(ip_r & ~r.same & unicast)
+    if sel.size:
+        _flows(p, r, sel)
     return p
 
 
-def _devices(p: Prepared, d: Decoded, mask: B) -> None:
+class _Runs:
+    """The batch cut into runs of consecutive rows that share every key prepare groups by.
+
+    Rows are oriented: side "a" is the LAN side of a row between the LAN and the rest (its
+    source going up, its destination coming down), else the source; "b" is the other side.
+    A flow's packets both ways then form one run, and the run's keys are its first row's.
+    What differs between the rows of a run (direction, sizes, times) is summed per run.
+    """
+
+    def __init__(self, d: Decoded, ip: B, src_local: B, dst_local: B, up: B,
+                 s: PrepSettings) -> None:
+        n = len(d)
+        flip = dst_local & ~src_local
+        a_mac = np.where(flip, d.dst_mac, d.src_mac)
+        a_lo = np.where(flip, d.dst_lo, d.src_lo)
+        b_lo = np.where(flip, d.src_lo, d.dst_lo)
+        a_port = np.where(flip, d.dport, d.sport)
+        b_port = np.where(flip, d.sport, d.dport)
+        sec = d.ts.astype(np.int64)
+        tbin = np.floor(d.ts * s.bins_per_s).astype(np.int64)
+        # Whether a side is local is a function of its address, so equal addresses also mean
+        # equal LAN sides: no need to compare those.
+        keys = [ip, a_lo, b_lo, a_port, b_port, d.proto, tbin, sec, a_mac]
+        if d.src_hi.any() or d.dst_hi.any():
+            a_hi = np.where(flip, d.dst_hi, d.src_hi)
+            b_hi = np.where(flip, d.src_hi, d.dst_hi)
+            keys += [a_hi, b_hi]
+        else:  # all IPv4 (or ::, ::1): the high words are all zero
+            a_hi = b_hi = d.src_hi
+        h = self.heads = runs(*keys)
+        self.count: I64 = np.diff(h, append=n)
+        src_l, dst_l = src_local[h], dst_local[h]
+        self.same, self.any_local = src_l == dst_l, src_l | dst_l
+        self.a_mac, self.a_hi, self.a_lo = a_mac[h], a_hi[h], a_lo[h]
+        self.b_hi, self.b_lo = b_hi[h], b_lo[h]
+        self.a_port, self.b_port, self.proto = a_port[h], b_port[h], d.proto[h]
+        self.sec, self.tbin = sec[h], tbin[h]
+        self.up = run_sums(up, h)  # packets
+        self.bytes = run_sums(d.wirelen, h)
+        self.bytes_up = run_sums(d.wirelen * up, h)
+        ts = d.ts
+        self.t_min: F64 = np.minimum.reduceat(ts, h)
+        self.t_max: F64 = np.maximum.reduceat(ts, h)
+        # Times of the rows sent from the LAN side (a device's own packets).
+        from_lan = ip & src_local
+        self.a_min: F64 = np.minimum.reduceat(np.where(from_lan, ts, np.inf), h)
+        self.a_max: F64 = np.maximum.reduceat(np.where(from_lan, ts, -np.inf), h)
+        self.media_p: I64 | None = None
+        self.media_b: I64 | None = None
+        self._media = (d.payload_len, up, s.media_min)
+
+    def media(self) -> tuple[I64, I64]:
+        """Per run: upstream rows with at least media_min payload bytes, and those bytes."""
+        if self.media_p is None or self.media_b is None:
+            pl, up, least = self._media
+            big = up & (pl >= least)
+            self.media_p = run_sums(big, self.heads)
+            self.media_b = run_sums(pl * big, self.heads)
+        return self.media_p, self.media_b
+
+
+def _devices(p: Prepared, r: _Runs, ip: B) -> None:
     """Every MAC that sends IP from a LAN address is a device; note its IPs."""
-    unicast = ((d.src_mac >> _S40) & _MULTICAST) == 0
-    rows = np.flatnonzero(mask & (d.src_mac != 0) & unicast)
-    if not rows.size:
+    # Runs with rows sent from a LAN address: all rows of a LAN-only run, the upstream ones of
+    # a LAN-internet run (whose side a is then the source).
+    sends = np.where(r.same, r.count, r.up)
+    unicast = ((r.a_mac >> _S40) & _MULTICAST) == 0
+    sel = np.flatnonzero(ip & r.any_local & (sends > 0) & (r.a_mac != 0) & unicast)
+    if not sel.size:
         return
-    _, g = group(mix(d.src_mac[rows], d.src_hi[rows], d.src_lo[rows]))
-    ts = d.ts[rows]
-    first_rows = rows[g.first]
-    p.dev_mac, p.dev_hi, p.dev_lo = (
-        d.src_mac[first_rows], d.src_hi[first_rows], d.src_lo[first_rows]
-    )
-    p.dev_first, p.dev_last = g.min(ts), g.max(ts)
+    mac, hi, lo = r.a_mac[sel], r.a_hi[sel], r.a_lo[sel]
+    _, g = group(mix(mac, hi, lo))
+    f0 = g.first
+    p.dev_mac, p.dev_hi, p.dev_lo = mac[f0], hi[f0], lo[f0]
+    p.dev_first, p.dev_last = g.min(r.a_min[sel]), g.max(r.a_max[sel])
 
 
 def _device_keys(mac: U64, loc_hi: U64, loc_lo: U64) -> U64:
@@ -210,24 +274,18 @@ def _device_keys(mac: U64, loc_hi: U64, loc_lo: U64) -> U64:
     return keys
 
 
-def _flows(p: Prepared, d: Decoded, rows: I64, is_up: B, s: PrepSettings) -> None:
-    src_hi, src_lo = d.src_hi[rows], d.src_lo[rows]
-    dst_hi, dst_lo = d.dst_hi[rows], d.dst_lo[rows]
-    rem_hi = np.where(is_up, dst_hi, src_hi)
-    rem_lo = np.where(is_up, dst_lo, src_lo)
-    loc_hi = np.where(is_up, src_hi, dst_hi)
-    loc_lo = np.where(is_up, src_lo, dst_lo)
-    mac = np.where(is_up, d.src_mac[rows], d.dst_mac[rows])
+def _flows(p: Prepared, r: _Runs, sel: I64) -> None:
+    """Flows, series, connections and bins of the runs ``sel`` (between the LAN and the rest)."""
+    mac, loc_hi, loc_lo = r.a_mac[sel], r.a_hi[sel], r.a_lo[sel]
+    rem_hi, rem_lo = r.b_hi[sel], r.b_lo[sel]
     dev = _device_keys(mac, loc_hi, loc_lo)
-    proto = d.proto[rows]
-    sport, dport = d.sport[rows], d.dport[rows]
-    rport = np.where(is_up, dport, sport)
-    ts = d.ts[rows]
-    size = d.wirelen[rows].astype(np.int64)
-    up_i = is_up.astype(np.int64)
-    down_i = 1 - up_i
-    size_up = size * up_i
-    size_down = size - size_up
+    proto = r.proto[sel]
+    rport = r.b_port[sel]
+    count = r.count[sel]
+    up_i = r.up[sel]
+    down_i = count - up_i
+    size_up = r.bytes_up[sel]
+    size_down = r.bytes[sel] - size_up
 
     fkey = mix(dev, rem_hi, rem_lo, proto, rport)
     p.fl_hash, g = group(fkey)
@@ -237,43 +295,34 @@ def _flows(p: Prepared, d: Decoded, rows: I64, is_up: B, s: PrepSettings) -> Non
     p.fl_proto, p.fl_port = proto[f0], rport[f0]
     p.fl_pu, p.fl_pd = g.sum(up_i), g.sum(down_i)
     p.fl_bu, p.fl_bd = g.sum(size_up), g.sum(size_down)
-    p.fl_first, p.fl_last = g.min(ts), g.max(ts)
-    flow_of_row = g.inverse
+    p.fl_first, p.fl_last = g.min(r.t_min[sel]), g.max(r.t_max[sel])
+    flow_of_run = g.inverse
 
     # Series are per (device, remote IP): flows of both protocols and all ports add up later.
-    sec = ts.astype(np.int64)
-    _, sg = group(mix(flow_of_row, sec))
-    p.se_flow, p.se_sec = flow_of_row[sg.first], sec[sg.first]
+    sec = r.sec[sel]
+    _, sg = group(mix(flow_of_run, sec))
+    p.se_flow, p.se_sec = flow_of_run[sg.first], sec[sg.first]
     p.se_bu, p.se_bd = sg.sum(size_up), sg.sum(size_down)
     p.se_pu = sg.sum(up_i)
-    p.se_pd = sg.count() - p.se_pu
+    p.se_pd = sg.sum(count) - p.se_pu
 
-    lport = np.where(is_up, sport, dport)
-    _bins(p, fkey, flow_of_row, lport, proto, ts, size_up, size_down, up_i,
-          d.payload_len[rows], s)
-
-
-def _bins(
-    p: Prepared, fkey: U64, flow_of_row: I64, lport: U16, proto: U8, ts: F64, size_up: I64,
-    size_down: I64, up_i: I64, payload_len: I32, s: PrepSettings,
-) -> None:
-    transport = (proto == 6) | (proto == 17)
-    r = np.flatnonzero(transport)
-    if not r.size:
+    t = np.flatnonzero((proto == 6) | (proto == 17))
+    if not t.size:
         return
-    media = (up_i[r] == 1) & (payload_len[r] >= s.media_min)
-    p.co_hash, cg = group(mix(fkey[r], lport[r]))
-    c0 = r[cg.first]
-    p.co_flow, p.co_lport = flow_of_row[c0], lport[c0].astype(np.int64)
-    p.co_media = cg.sum(media) > 0
+    lport = r.a_port[sel[t]]
+    media_p, media_b = r.media()
+    mp, mb = media_p[sel[t]], media_b[sel[t]]
+    p.co_hash, cg = group(mix(fkey[t], lport))
+    c0 = cg.first
+    p.co_flow, p.co_lport = flow_of_run[t[c0]], lport[c0].astype(np.int64)
+    p.co_media = cg.sum(mp) > 0
     # Bins of every connection: the stateful side keeps those of connections that carry media
     # now or that the detector watches (in a real batch nearly all bins are of such).
     co = cg.inverse
-    b = np.floor(ts[r] * s.bins_per_s).astype(np.int64)
-    _, g = group(mix(co, b))
-    m = media.astype(np.int64)
-    p.bi_conn, p.bi_bin = co[g.first], b[g.first]
-    p.bi_mp = g.sum(m)
-    p.bi_mb = g.sum(payload_len[r].astype(np.int64) * m)
-    p.bi_ub = g.sum(size_up[r])
-    p.bi_db = g.sum(size_down[r])
+    b = r.tbin[sel[t]]
+    _, bg = group(mix(co, b))
+    p.bi_conn, p.bi_bin = co[bg.first], b[bg.first]
+    p.bi_mp = bg.sum(mp)
+    p.bi_mb = bg.sum(mb)
+    p.bi_ub = bg.sum(size_up[t])
+    p.bi_db = bg.sum(size_down[t])
