@@ -4,9 +4,10 @@ The full scan (every byte compared with the timestamp's top byte) reads and writ
 chunk several times over. Records are contiguous, so a few known record starts are enough: the
 chunk is cut into lanes a few KB apart, each lane looks for a plausible record start in a short
 window at its beginning (two timestamp bytes that match the first record's, a sane header, a sane
-successor), and then all lanes follow their length chains in lock-step, one numpy step per record,
-until each reaches the next lane's start. A lane that finds nothing is covered by the lane before
-it running on.
+successor), and then all lanes follow their caplen chains in lock-step, one numpy step per
+record, until each reaches the next lane's start. A lane that finds nothing is covered by the
+lane before it running on. The steps read only caplen; the headers of everything the lanes
+stepped on are gathered once afterwards, checked in bulk, and handed on for the batch.
 
 What comes out is only a candidate list, like the scan's: the caller's walk accepts a candidate
 only where the chain from the verified previous record lands on it. When the lanes cover too
@@ -68,7 +69,13 @@ class LaneFinder:
         ok &= (raw[:, self.top] == t3) & (raw[:, self.second] == t2)
         return ok, nxt
 
-    def find(self, buf: bytes, start: int) -> tuple[I64, I64] | None:
+    def find(self, buf: bytes, start: int) -> tuple[I64, I64, npt.NDArray[np.void]] | None:
+        """Sorted record candidates, their successors and their 16-byte headers, or None.
+
+        Every candidate is a record the careful step would take without a complaint (sane
+        lengths, complete in ``buf``); where a lane left the true chain its positions fail that
+        test and are dropped, so the candidates need no further chaining.
+        """
         end = len(buf)
         span = end - start
         if span < 8 * LANE_BYTES:
@@ -76,58 +83,100 @@ class LaneFinder:
         arr = np.frombuffer(buf, np.uint8)
         t3, t2 = buf[start + self.top], buf[start + self.second]
         syncs = self._syncs(arr, start, end, t3, t2)
-        cand_parts: list[I64] = []
-        nxt_parts: list[I64] = []
+        walked = self._run(buf, syncs)
+        if walked is None:
+            return None
+        cand = walked
+        hdr = _gather16(arr, cand)
+        caplen = _u32(hdr, 8, self.order)
+        wirelen = _u32(hdr, 12, self.order)
+        nxt = cand + 16 + caplen
+        ok = (caplen > 0) & (caplen <= self.cap_limit) & (nxt <= end)
+        ok &= (wirelen >= caplen) & (wirelen <= self.max_wire)
+        if not ok.all():
+            cand, nxt, hdr = cand[ok], nxt[ok], hdr[ok]
+        if int((nxt - cand).sum()) < MIN_COVER * span:
+            return None
+        return cand, nxt, hdr
+
+    def _run(self, buf: bytes, syncs: I64) -> I64 | None:
+        """Every position the lanes step on, in file order (None: too many steps).
+
+        Lane k starts at ``syncs[k]`` and follows caplen only (the headers are checked in bulk
+        afterwards) until it reaches ``syncs[k + 1]``; a zero caplen ends a lane, so a zeroed
+        stretch does not cost a step per 16 bytes.
+        """
+        end = len(buf)
+        nlanes = syncs.size
+        # cap_at[p] is the caplen field of a header at p (needs p + 16 <= end).
+        cap_at: npt.NDArray[np.uint32] = np.ndarray(
+            (end - 11,), np.dtype(self.order + "u4"), buf, 8, (1,)
+        )
         pos = syncs
-        stop = np.append(syncs[1:], end)
+        stop = np.append(syncs[1:], end - 15)
+        lane = np.arange(nlanes, dtype=np.int64)
+        pos_parts: list[I64] = []
+        lane_parts: list[I64] = []
         steps = 0
         while pos.size > TAIL_LANES:
             steps += 1
             if steps > MAX_STEPS:
                 return None
-            ok, nxt = self._plausible(arr, pos, end, t3, t2)
-            cand_parts.append(pos[ok])
-            nxt_parts.append(nxt[ok])
-            go = ok & (nxt < stop) & (nxt + 16 <= end)
-            pos, stop = nxt[go], stop[go]
+            pos_parts.append(pos)
+            lane_parts.append(lane)
+            cap = cap_at[pos]
+            cap -= 1  # 0 wraps round: a zero caplen ends the lane
+            nxt = pos + cap
+            nxt += 17
+            go = nxt < stop
+            pos, stop, lane = nxt[go], stop[go], lane[go]
+        # Lane k's i-th position goes to (positions of lanes before k) + i: a counting sort.
+        rank = np.repeat(np.arange(steps, dtype=np.int64), [p.size for p in pos_parts])
         if pos.size:
-            tail_cand, tail_nxt = self._tail(buf, pos.tolist(), stop.tolist(), t3, t2)
-            cand_parts.append(tail_cand)
-            nxt_parts.append(tail_nxt)
-        cand_all = np.concatenate(cand_parts)
-        nxt_all = np.concatenate(nxt_parts)
-        cand, first = np.unique(cand_all, return_index=True)
-        nxt = nxt_all[first]
-        if int((nxt - cand).sum()) < MIN_COVER * span:
-            return None
-        return cand, nxt
+            tail = self._tail(buf, pos.tolist(), stop.tolist(), lane.tolist(), steps)
+            if tail is None:
+                return None
+            pos_parts.append(tail[0])
+            lane_parts.append(tail[1])
+            rank = np.concatenate([rank, tail[2]])
+        all_pos = np.concatenate(pos_parts)
+        all_lane = np.concatenate(lane_parts)
+        counts = np.bincount(all_lane, minlength=nlanes)
+        first = np.cumsum(counts)
+        first -= counts
+        out = np.empty(all_pos.size, np.int64)
+        out[first[all_lane] + rank] = all_pos
+        return out
 
     def _tail(
-        self, buf: bytes, starts: list[int], stops: list[int], t3: int, t2: int
-    ) -> tuple[I64, I64]:
-        """The last few lanes, record by record: cheaper than numpy steps over a handful."""
-        end = len(buf)
-        head = struct.Struct(self.order + "IIII").unpack_from
-        top, second, limit, max_wire = self.top, self.second, self.cap_limit, self.max_wire
-        cand: list[int] = []
-        nxt: list[int] = []
-        for pos, stop in zip(starts, stops, strict=True):
-            steps = 0
-            while pos + 16 <= end and steps < MAX_STEPS:
-                steps += 1
-                _sec, _frac, caplen, wirelen = head(buf, pos)
+        self, buf: bytes, starts: list[int], stops: list[int], lanes: list[int], done: int
+    ) -> tuple[I64, I64, I64] | None:
+        """The last few lanes, record by record: cheaper than numpy steps over a handful.
+
+        Returns positions, their lanes and their rank within the lane (``done`` steps taken).
+        """
+        cap_of = struct.Struct(self.order + "I").unpack_from
+        pos_out: list[int] = []
+        lane_out: list[int] = []
+        rank_out: list[int] = []
+        for pos, stop, lane in zip(starts, stops, lanes, strict=True):
+            rank = done
+            while True:
+                if rank >= MAX_STEPS:
+                    return None
+                pos_out.append(pos)
+                lane_out.append(lane)
+                rank_out.append(rank)
+                rank += 1
+                (caplen,) = cap_of(buf, pos + 8)
                 after = pos + 16 + caplen
-                if not (
-                    0 < caplen <= limit and after <= end and caplen <= wirelen <= max_wire
-                    and buf[pos + top] == t3 and buf[pos + second] == t2
-                ):
-                    break
-                cand.append(pos)
-                nxt.append(after)
-                if after >= stop:
+                if caplen == 0 or after >= stop:
                     break
                 pos = after
-        return np.array(cand, np.int64), np.array(nxt, np.int64)
+        return (
+            np.array(pos_out, np.int64), np.array(lane_out, np.int64),
+            np.array(rank_out, np.int64),
+        )
 
     def _syncs(
         self, arr: npt.NDArray[np.uint8], start: int, end: int, t3: int, t2: int

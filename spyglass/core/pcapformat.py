@@ -55,12 +55,21 @@ class _Pcap(Format):
 
     def walk(self, buf: bytes, start: int) -> Walk:
         end = len(buf)
-        cand = np.zeros(0, np.int64)
-        nxt = cand
+
+        def step(pos: int, _pending: bool) -> tuple[int, int, int]:
+            return self._step(buf, pos)
+
         lanes = self._lanes.find(buf, start)
         if lanes is not None:
-            cand, nxt, brk = self._scratch.chain(lanes[0], lanes[1], start)
-        elif end - start >= 32:
+            cand, nxt, hdr = lanes
+            # The candidates are sorted and each is a sane record: a run ends where a record's
+            # successor is not the next candidate.
+            brk = np.flatnonzero(nxt[:-1] != cand[1:])
+            brk = np.append(brk, cand.size - 1)
+            return hybrid_walk(
+                cand, nxt, brk, start, step, hdr, lambda pos: gather_headers(buf, pos, 16)
+            )
+        if end - start >= 32:
             # Every header in a file shares the top byte of its seconds; look for that byte.
             top = 3 if self._order == "<" else 0
             cand = self._scratch.find(buf, start + top, end - 16 + top, buf[start + top]) - top
@@ -73,8 +82,8 @@ class _Pcap(Format):
             good &= (wirelen >= caplen) & (wirelen <= MAX_WIRE)
             cand, nxt, brk = self._scratch.chain(cand[good], nxt[good], start)
         else:
-            brk = np.zeros(0, np.int64)
-        return hybrid_walk(cand, nxt, brk, start, lambda pos, _pending: self._step(buf, pos))
+            cand = nxt = brk = np.zeros(0, np.int64)
+        return hybrid_walk(cand, nxt, brk, start, step)
 
     def _step(self, buf: bytes, pos: int) -> tuple[int, int, int]:
         if pos + 16 > len(buf):
@@ -107,7 +116,7 @@ class _Pcap(Format):
         pos = walk.pos
         if pos.size == 0:
             return None
-        hdr = gather_headers(buf, pos, 16)
+        hdr = walk.rows if walk.rows is not None else gather_headers(buf, pos, 16)
         u32 = self._order + "u4"
         sec = header_field(hdr, 16, 0, u32)
         frac = header_field(hdr, 16, 4, u32)

@@ -34,6 +34,8 @@ class Walk:
     stop: int
     reason: int  # NEED (stop starts an incomplete record), FAULT, FLUSH
     need: int = 0  # bytes the incomplete record needs, from ``stop``
+    # The format's fixed-size record headers at ``pos``, where the walk read them anyway.
+    rows: npt.NDArray[np.void] | None = None
 
 
 def u32_view(buf: bytes, order: str) -> np.ndarray:
@@ -129,14 +131,19 @@ def hybrid_walk(
     brk: I64,
     start: int,
     step: Callable[[int, bool], tuple[int, int, int]],
+    rows: npt.NDArray[np.void] | None = None,
+    rows_at: Callable[[I64], npt.NDArray[np.void]] | None = None,
 ) -> Walk:
     """Walk from ``start``: verified candidate runs in bulk, anything else with ``step``.
 
     ``step(pos, pending)`` returns (outcome, next_pos_or_need, kind); ``pending`` says whether
-    this walk already holds records (a new interface table must not apply to them).
+    this walk already holds records (a new interface table must not apply to them). With
+    ``rows`` (one per candidate) and ``rows_at`` (rows of other positions) the walk also hands
+    back the rows of the records it took.
     """
     pieces: list[I64] = []
     kinds: list[U8] = []
+    row_pieces: list[npt.NDArray[np.void]] = []
     slow_pos: list[int] = []
     slow_kind: list[int] = []
     nc = int(cand.size)
@@ -147,6 +154,8 @@ def hybrid_walk(
     def flush_slow() -> None:
         if slow_pos:
             pieces.append(np.array(slow_pos, np.int64))
+            if rows_at is not None:
+                row_pieces.append(rows_at(pieces[-1]))
             kinds.append(np.array(slow_kind, np.uint8))
             slow_pos.clear()
             slow_kind.clear()
@@ -157,6 +166,8 @@ def hybrid_walk(
             flush_slow()
             pieces.append(cand[i : j + 1])
             kinds.append(np.zeros(j + 1 - i, np.uint8))
+            if rows is not None:
+                row_pieces.append(rows[i : j + 1])
             pos = int(nxt[j])
             i = int(np.searchsorted(cand, pos, "left"))
             next_cand = int(cand[i]) if i < nc else -1
@@ -180,7 +191,15 @@ def hybrid_walk(
                 allkind = np.concatenate(kinds) if len(kinds) > 1 else kinds[0]
             else:
                 allpos, allkind = np.zeros(0, np.int64), np.zeros(0, np.uint8)
-            return Walk(allpos, allkind, stop, outcome, value if outcome == NEED else 0)
+            walk = Walk(allpos, allkind, stop, outcome, value if outcome == NEED else 0)
+            if rows is not None and rows_at is not None:
+                if len(row_pieces) == 1:
+                    walk.rows = row_pieces[0]
+                elif row_pieces:
+                    walk.rows = np.concatenate(row_pieces)
+                else:
+                    walk.rows = rows_at(allpos)
+            return walk
 
 
 def fixed_wire(wirelen: I64, caplen: npt.NDArray[np.integer[Any]]) -> I32:

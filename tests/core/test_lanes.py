@@ -41,7 +41,7 @@ def same_either_way(
     used: list[bool] = []
     real = LaneFinder.find
 
-    def spy(self: LaneFinder, buf: bytes, start: int) -> tuple[np.ndarray, np.ndarray] | None:
+    def spy(self: LaneFinder, buf: bytes, start: int) -> tuple[np.ndarray, ...] | None:
         out = real(self, buf, start)
         used.append(out is not None)
         return out
@@ -121,10 +121,79 @@ def test_lanes_are_used_on_a_large_chunk() -> None:
     data = pcap_bytes(packets(rng, 2000, 1_700_000_000.0))[24:]
     found = LaneFinder("<", 262144, 1 << 24).find(data, 0)
     assert found is not None
-    cand, nxt = found
+    cand, nxt, hdr = found
+    assert hdr.size == cand.size and np.array_equal(nxt[:-1], cand[1:])
     assert cand[0] == 0 and int((nxt - cand).sum()) >= lanes.MIN_COVER * len(data)
 
 
 def test_real_captures(captures: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for path in sorted(captures.glob("*.pcap*"))[:30]:
         same_either_way(path, 256 << 10, monkeypatch)
+
+
+def test_bad_records_inside_lanes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Zero-length records and wire lengths below caplen sit inside lanes: the lanes step over
+    # them, the bulk check drops them and the careful step reports each one, as without lanes.
+    pk = packets(random.Random(7), 3000, 1_700_000_000.0)
+    wires = [len(f) for _, f in pk]
+    for i in range(50, 3000, 97):
+        pk[i] = (pk[i][0], b"")
+        wires[i] = 0
+    for i in range(70, 3000, 131):
+        wires[i] = 10
+    p = tmp_path / "bad.pcap"
+    p.write_bytes(pcap_bytes(pk, wirelens=wires))
+    frames, _, wire, report = same_either_way(p, 1 << 20, monkeypatch, lanes_used=True)
+    assert len(frames) == 3000 - len(range(50, 3000, 97))
+    kinds = {problem.message.split(" at byte")[0] for problem in report.problems}
+    assert kinds == {"zero-length record", "record"}
+
+
+def test_zeroed_stretch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stretch of zeros reads as zero-length records: it ends the lane (not 16 bytes a step).
+    data = bytearray(pcap_bytes(packets(random.Random(8), 3000, 1_700_000_000.0)))
+    cut = len(data) // 2
+    data[cut : cut + 100_000] = bytes(100_000)
+    p = tmp_path / "zeros.pcap"
+    p.write_bytes(bytes(data))
+    same_either_way(p, 1 << 20, monkeypatch)
+
+
+def test_walk_from_the_middle_of_a_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The walk from any start (a record start or not) is the scan's, headers included.
+    from spyglass.core.capfile import Problems
+    from spyglass.core.pcapformat import _Pcap
+    from spyglass.core.recordwalk import gather_headers
+
+    pk = packets(random.Random(9), 3000, 1_700_000_000.0)
+    data = pcap_bytes(pk)
+    buf = data[24:]
+    records = np.cumsum([0] + [16 + len(f) for _, f in pk]).tolist()
+    rng = random.Random(10)
+    starts = [0, 1, 17, records[1000], records[2000] + 3, records[2900]]
+    starts += [rng.randrange(len(buf)) for _ in range(4)] + rng.sample(records[:-1], 4)
+
+    used: list[bool] = []
+    real = LaneFinder.find
+
+    def spy(self: LaneFinder, buf: bytes, start: int) -> tuple[np.ndarray, ...] | None:
+        found = real(self, buf, start)
+        used.append(found is not None)
+        return found
+
+    def walks(use_lanes: bool) -> list[tuple[object, ...]]:
+        fmt = _Pcap(data[:24], Problems(ReadReport(Path("x"), "pcap", file_size=len(data))))
+        out: list[tuple[object, ...]] = []
+        with monkeypatch.context() as m:
+            m.setattr(LaneFinder, "find", spy if use_lanes else lambda self, buf, start: None)
+            for start in starts:
+                w = fmt.walk(buf, start)
+                rows = gather_headers(buf, w.pos, 16)
+                assert w.rows is None or w.rows.tobytes() == rows.tobytes()
+                b = fmt.batch(buf, w)
+                ts = b.ts.tolist() if b is not None else []
+                out.append((w.pos.tolist(), w.kind.tolist(), w.stop, w.reason, w.need, ts))
+        return out
+
+    assert walks(True) == walks(False)
+    assert sum(used) >= 5  # the lanes took every record start far enough from the end
