@@ -48,9 +48,11 @@ ETH_IPV6: Final = 0x86DD
 ETH_ARP: Final = 0x0806
 _VLAN_TPIDS: Final = (0x8100, 0x88A8, 0x9100)
 _V4_MAPPED: Final = np.uint64(0xFFFF << 32)
+_S16: Final = np.uint64(16)
 _MAX_EXT: Final = 8  # longer extension chains are treated as malformed
 
 Idx = Any  # a slice (all rows) or an index array
+_MOST: Final = 0.75  # a selection of at least this share of rows is done as all rows + a mask
 
 
 _HEAD: Final = 64  # link + IPv4 + TCP headers of the common frame
@@ -106,17 +108,30 @@ class _Buf:
         return _col(self.block(idx, 2), 2, 0, ">u2")
 
 
+def _field(blocks: npt.NDArray[np.void], at: int, dtype: str) -> npt.NDArray[Any]:
+    """Field at byte ``at`` of every block, as a view (the blocks may be a strided view of a
+    larger contiguous array, see :meth:`_Head.block`)."""
+    n = blocks.size
+    if n == 0:
+        return np.zeros(0, np.dtype(dtype))
+    if blocks.flags.c_contiguous:
+        return np.ndarray((n,), np.dtype(dtype), blocks, at, (blocks.itemsize,))
+    base = blocks.base
+    assert isinstance(base, np.ndarray)
+    start = blocks.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+    return np.ndarray((n,), np.dtype(dtype), base, start + at, blocks.strides)
+
+
 def _col(blocks: npt.NDArray[np.void], width: int, at: int, dtype: str) -> npt.NDArray[np.int64]:
     """Field at byte ``at`` of every block, as int64."""
-    if blocks.size == 0:
-        return np.zeros(0, np.int64)
-    view: npt.NDArray[Any] = np.ndarray((blocks.size,), np.dtype(dtype), blocks, at, (width,))
-    return view.astype(np.int64)
+    return _field(blocks, at, dtype).astype(np.int64)
 
 
 def _mac(blocks: npt.NDArray[np.void], width: int, at: int) -> U64:
-    hi = _col(blocks, width, at, ">u2")
-    return ((hi << 32) | _col(blocks, width, at + 2, ">u4")).astype(np.uint64)
+    """The 48-bit MAC at ``at``: one 8-byte read, the 2 bytes after it shifted out."""
+    assert at + 8 <= width
+    mac: U64 = _field(blocks, at, ">u8") >> _S16
+    return mac
 
 
 class _Head:
@@ -137,9 +152,21 @@ class _Head:
     def rows(self, rows: Idx) -> npt.NDArray[np.void]:
         return self.arr if isinstance(rows, slice) else self.arr[rows]
 
-    def block(self, rows: Idx, at: I64, width: int) -> npt.NDArray[np.void]:
-        """``width`` bytes at buffer offsets ``at`` (one per row of ``rows``)."""
+    def block(
+        self, rows: Idx, at: I64, width: int, where: B | None = None
+    ) -> npt.NDArray[np.void]:
+        """``width`` bytes at buffer offsets ``at`` (one per row of ``rows``); with ``where``
+        (all rows), only the rows where it holds need to be right."""
         rel = at - self.off[rows]
+        if isinstance(rows, slice) and rel.size:
+            # Every row's header at the same place in its head (the common case: no VLAN
+            # tags, no IP options): a strided view, nothing copied.
+            r0 = int(rel[0] if where is None else rel[int(where.argmax())])
+            same = rel == r0
+            if where is not None:
+                same |= ~where
+            if 0 <= r0 <= _HEAD - width and bool(same.all()):
+                return np.ndarray((rel.size,), np.dtype(f"V{width}"), self.arr, r0, (_HEAD,))
         flat = self.start[rows] + rel
         inside = (rel >= 0) & (rel <= _HEAD - width)
         view = self._views.get(width)
@@ -161,6 +188,26 @@ def _select(mask: B) -> Idx:
     if rows.size == mask.size:
         return slice(None)
     return rows
+
+
+def _select_most(mask: B) -> tuple[Idx, B | None]:
+    """Rows where mask holds, as :func:`_select`; but when that is most rows, all of them
+    (a slice) and the mask: working on every row and writing where the mask holds costs less
+    than gathering and scattering nearly all of them."""
+    count = int(np.count_nonzero(mask))
+    if count == mask.size:
+        return slice(None), None
+    if count >= _MOST * mask.size:
+        return slice(None), mask
+    return np.flatnonzero(mask), None
+
+
+def _put(dst: npt.NDArray[Any], rows: Idx, value: Any, where: B | None) -> None:
+    """``dst[rows] = value``, or with ``where`` (rows all rows) only where it holds."""
+    if where is None:
+        dst[rows] = value
+    else:
+        np.copyto(dst, value, casting="unsafe", where=where)
 
 
 def _sub(rows: Idx, keep: B) -> Idx:
@@ -225,7 +272,7 @@ def decode(batch: FrameBatch) -> Decoded:
             _link(head, out, int(lt), rows, off[rows], end[rows])
     _vlans(head, out, end)
     ok = ~out.malformed
-    _ipv4(head, out, _select(ok & (out.ethertype == ETH_IPV4)), end, wend)
+    _ipv4(head, out, ok & (out.ethertype == ETH_IPV4), end, wend)
     v6 = ok & (out.ethertype == ETH_IPV6)
     if v6.any():
         _ipv6(head, out, _select(v6), end, wend)
@@ -327,12 +374,13 @@ def _vlans(head: _Head, out: _Out, end: I64) -> None:
         out.bad(rows, short)
 
 
-def _ipv4(head: _Head, out: _Out, rows: Idx, end_all: I64, wend_all: I64) -> None:
+def _ipv4(head: _Head, out: _Out, sel: B, end_all: I64, wend_all: I64) -> None:
+    rows, where = _select_most(sel)
     p = out.l3[rows]
     if p.size == 0:
         return
     w = _L3_BLOCK
-    blk = head.block(rows, p, w)
+    blk = head.block(rows, p, w, where)
     end = end_all[rows]
     room = wend_all[rows] - p  # bytes of network layer on the wire
     vihl = _col(blk, w, 0, "u1")
@@ -341,21 +389,27 @@ def _ipv4(head: _Head, out: _Out, rows: Idx, end_all: I64, wend_all: I64) -> Non
     total = np.where(total == 0, room, total)  # 0 = segmentation offload: the frame tells
     fail = (end - p < 20) | (vihl >> 4 != 4) | (hlen < 20) | (end - p < hlen)
     fail |= (total < hlen) | (total > room)
-    good = ~fail
+    if where is not None:
+        fail &= where
     out.bad(rows, fail)
-    if not good.all():
-        rows = _sub(rows, good)
-        p, hlen, total, blk = p[good], hlen[good], total[good], blk[good]
-        if p.size == 0:
-            return
-    out.ipver[rows] = 4
-    out.src_lo[rows] = _V4_MAPPED | _col(blk, w, 12, ">u4").astype(np.uint64)
-    out.dst_lo[rows] = _V4_MAPPED | _col(blk, w, 16, ">u4").astype(np.uint64)
-    out.proto[rows] = _col(blk, w, 9, "u1")
-    l4 = p + hlen
-    out.l4[rows] = l4
-    out.l4len[rows] = total - hlen
-    out.frag[rows] = (_col(blk, w, 6, ">u2") & 0x1FFF) != 0
+    good = ~fail
+    if where is not None:
+        where = good & where
+    elif not good.all():
+        if isinstance(rows, slice):
+            where = good
+        else:
+            rows = _sub(rows, good)
+            p, hlen, total, blk = p[good], hlen[good], total[good], blk[good]
+            if p.size == 0:
+                return
+    _put(out.ipver, rows, 4, where)
+    _put(out.src_lo, rows, _field(blk, 12, ">u4") | _V4_MAPPED, where)
+    _put(out.dst_lo, rows, _field(blk, 16, ">u4") | _V4_MAPPED, where)
+    _put(out.proto, rows, _field(blk, 9, "u1"), where)
+    _put(out.l4, rows, p + hlen, where)
+    _put(out.l4len, rows, total - hlen, where)
+    _put(out.frag, rows, (_field(blk, 6, ">u2") & 0x1FFF) != 0, where)
 
 
 def _ipv6(head: _Head, out: _Out, rows: Idx, end_all: I64, wend_all: I64) -> None:
@@ -374,10 +428,10 @@ def _ipv6(head: _Head, out: _Out, rows: Idx, end_all: I64, wend_all: I64) -> Non
         if p.size == 0:
             return
     out.ipver[rows] = 6
-    out.src_hi[rows] = _col(blk, 40, 8, ">u8").astype(np.uint64)
-    out.src_lo[rows] = _col(blk, 40, 16, ">u8").astype(np.uint64)
-    out.dst_hi[rows] = _col(blk, 40, 24, ">u8").astype(np.uint64)
-    out.dst_lo[rows] = _col(blk, 40, 32, ">u8").astype(np.uint64)
+    out.src_hi[rows] = _field(blk, 8, ">u8")
+    out.src_lo[rows] = _field(blk, 16, ">u8")
+    out.dst_hi[rows] = _field(blk, 24, ">u8")
+    out.dst_lo[rows] = _field(blk, 32, ">u8")
     nh = _col(blk, 40, 6, "u1")
     l4 = p + 40
     l4len = plen
@@ -417,12 +471,12 @@ def _transport(head: _Head, out: _Out, end_all: I64) -> None:
     ip = (out.ipver != 0) & ~out.malformed
     if not ip.any():
         return
-    rows = _select(ip)
+    rows, where = _select_most(ip)
     proto = out.proto[rows]
     l4 = out.l4[rows]
     l4len = out.l4len[rows]
     w = _L4_BLOCK
-    blk = head.block(rows, l4, w)
+    blk = head.block(rows, l4, w, where)
     avail = end_all[rows] - l4  # captured bytes from the transport header on
     whole = out.frag[rows]  # non-first fragments: everything is payload
     tcp = (proto == 6) & ~whole
@@ -440,20 +494,36 @@ def _transport(head: _Head, out: _Out, end_all: I64) -> None:
         ulen = np.where(ulen == 0, l4len, ulen)  # 0: IPv6 jumbogram
         fail |= udp & ((ulen < 8) | (ulen > l4len))
         paylen = np.where(udp, ulen - 8, paylen)
+    if where is not None:
+        fail &= where
     out.bad(rows, fail)
     good = ~fail
-    if not good.all():
-        rows = _sub(rows, good)
-        blk, tcp, udp = blk[good], tcp[good], udp[good]
-        tcp_word, hdr, paylen = tcp_word[good], hdr[good], paylen[good]
-        l4, avail = l4[good], avail[good]
+    if where is not None:
+        where = good & where
+    elif not good.all():
+        if isinstance(rows, slice):
+            where = good
+        else:
+            rows = _sub(rows, good)
+            blk, tcp, udp = blk[good], tcp[good], udp[good]
+            tcp_word, hdr, paylen = tcp_word[good], hdr[good], paylen[good]
+            l4, avail = l4[good], avail[good]
     has_ports = tcp | udp
-    out.sport[rows] = np.where(has_ports, _col(blk, w, 0, ">u2"), 0)
-    out.dport[rows] = np.where(has_ports, _col(blk, w, 2, ">u2"), 0)
-    out.tcp_flags[rows] = np.where(tcp, tcp_word & 0xFF, 0)
-    out.payload_off[rows] = l4 + hdr
-    out.payload_len[rows] = paylen
-    out.payload_cap[rows] = np.clip(avail - hdr, 0, paylen)
+    if isinstance(rows, slice):
+        # Ports and flags are still 0 where there are none: write only the rows that have.
+        np.copyto(out.sport, _field(blk, 0, ">u2"), where=has_ports if where is None
+                  else has_ports & where)
+        np.copyto(out.dport, _field(blk, 2, ">u2"), where=has_ports if where is None
+                  else has_ports & where)
+        np.copyto(out.tcp_flags, tcp_word & 0xFF, casting="unsafe",
+                  where=tcp if where is None else tcp & where)
+    else:
+        out.sport[rows] = np.where(has_ports, _field(blk, 0, ">u2"), 0)
+        out.dport[rows] = np.where(has_ports, _field(blk, 2, ">u2"), 0)
+        out.tcp_flags[rows] = np.where(tcp, tcp_word & 0xFF, 0)
+    _put(out.payload_off, rows, l4 + hdr, where)
+    _put(out.payload_len, rows, paylen, where)
+    _put(out.payload_cap, rows, np.clip(avail - hdr, 0, paylen), where)
 
 
 # ---- helpers for the rest of the code ------------------------------------------------------

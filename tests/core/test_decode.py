@@ -276,6 +276,41 @@ def test_malformed(tmp_path: Path, name: str, linktype: int, frame: bytes, keeps
     assert d.payload_len[1] == d.payload_cap[1] == d.payload_off[1] == 0
 
 
+def _alone_and_amid(frames: list[tuple[int, bytes, int]]) -> None:
+    """Every frame decodes to the same fields in the batch as in a batch of its own."""
+    buf = b"".join(f for _, f, _ in frames)
+    cap = np.array([len(f) for _, f, _ in frames], np.int32)
+    off = np.zeros(len(frames), np.int64)
+    np.cumsum(cap[:-1], out=off[1:])
+    ts = np.arange(len(frames), dtype=np.float64)
+    lts = np.array([lt for lt, _, _ in frames], np.uint16)
+    wire = np.array([w for _, _, w in frames], np.int32)
+    d = decode(FrameBatch(buf, off, cap, wire, ts, lts))
+    for i, (_, frame, _) in enumerate(frames):
+        one = FrameBatch(frame, np.zeros(1, np.int64), cap[i : i + 1], wire[i : i + 1],
+                         ts[i : i + 1], lts[i : i + 1])
+        alone = decode(one)
+        for name in alone.__slots__:
+            got, want = getattr(d, name)[i], getattr(alone, name)[0]
+            if name == "payload_off" and want:
+                want += off[i]
+            assert got == want, (i, name)
+
+
+def test_a_frame_decodes_the_same_amid_any_batch() -> None:
+    """Batches that are nearly all plain IPv4 (decoded as all rows plus a mask), all of it (no
+    mask) or a mix (row indices), with every case and malformed frame in between."""
+    plain = [(1, _ip_tcp(n), 14 + 20 + 20 + n) for n in (0, 40, 200)]
+    plain.append((1, bytes(Ether(src=B, dst=A) / IP() / UDP(sport=53) / LOAD[:80]), 14 + 28 + 80))
+    others = [(c.linktype, bytes(c.pkt)[: c.snap], len(bytes(c.pkt))) for c in cases()]
+    others += [(1, _patch(_ip_tcp(), 14, b"\x44"), 94), (1, _patch(_ip_tcp(), 46, b"\x30"), 94),
+               (1, _ip_tcp()[:44], 1514), (1, _patch(_ip_tcp(), 16, b"\x00\x00"), 94)]
+    _alone_and_amid(plain * 3)
+    for k, extra in enumerate(others):
+        _alone_and_amid(plain * 2 + [extra] + plain[k % 4 :])  # >= 75 % plain IPv4
+    _alone_and_amid(plain + others)
+
+
 @pytest.mark.parametrize("family", [b"\x18\x00\x00\x00", b"\x00\x00\x00\x1c", b"\x1e\x00\x00\x00"])
 def test_bsd_loopback_ipv6_families(tmp_path: Path, family: bytes) -> None:
     frame = family + bytes(IPv6(src=V6A) / UDP(dport=5) / b"x")
