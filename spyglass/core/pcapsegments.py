@@ -22,7 +22,7 @@ import numpy as np
 from spyglass.core.frames import I64, FrameBatch
 from spyglass.core.pcapformat import _PCAP_MAGICS, MAX_CAPLEN, _Pcap
 from spyglass.core.readreport import ProblemLog, Problems, ReadReport
-from spyglass.core.recordwalk import FAULT, MAX_WIRE, NEED, Walk
+from spyglass.core.recordwalk import FAULT, MAX_WIRE, NEED, Walk, gather_headers
 
 __all__ = ["CUT", "FAILED", "NEXT", "NOT_FOUND", "PcapSegments", "ReadAt", "Segment"]
 
@@ -73,6 +73,18 @@ class Segment:
         return False
 
 
+def _joined(buf: bytes, pieces: list[Walk]) -> Walk:
+    """One walk of the records of several (only ``pos`` and ``rows`` matter to a batch)."""
+    if len(pieces) == 1:
+        return pieces[0]
+    last = pieces[-1]
+    pos = np.concatenate([p.pos for p in pieces])
+    # The bulk walk read its headers already; the few records after it are gathered here.
+    rows = [p.rows if p.rows is not None else gather_headers(buf, p.pos, 16) for p in pieces]
+    return Walk(pos, np.zeros(pos.size, np.uint8), last.stop, last.reason, last.need,
+                np.concatenate(rows))
+
+
 class PcapSegments:
     """The segments of one pcap file (``header`` its first 24 bytes, ``file_size`` bytes)."""
 
@@ -118,7 +130,7 @@ class PcapSegments:
         fmt.file_base = base
         view = memoryview(buf)
         w = fmt.walk(view[:rel_hi], at)  # type: ignore[arg-type]  # read like bytes
-        pieces: list[I64] = [w.pos]
+        pieces: list[Walk] = [w]
         cur, reason, need = w.stop, w.reason, w.need
         # The walk stopped at the record that crosses the segment's end (or at a fault): take
         # it, and any record right after it that still starts inside, each with the view
@@ -134,16 +146,14 @@ class PcapSegments:
                 seg.end, seg.need, seg.left = CUT, need, len(buf) - cur
                 break
             w = fmt.walk(view[:until], cur)  # type: ignore[arg-type]
-            pieces.append(w.pos)
+            pieces.append(w)
             cur, reason, need = w.stop, w.reason, w.need
         if reason == FAULT:
             seg.end = FAILED
         seg.stop = base + cur
         seg.problems = self._log.take()
-        pos = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
-        seg.packets = int(pos.size)
-        batch = fmt.batch(buf, Walk(pos, np.zeros(pos.size, np.uint8), cur, reason))
-        return seg, batch
+        seg.packets = sum(int(p.pos.size) for p in pieces)
+        return seg, fmt.batch(buf, _joined(buf, pieces))
 
     def _find_start(self, buf: bytes) -> int | None:
         """The first offset in ``buf`` where SYNC_RECORDS plausible records follow each other
