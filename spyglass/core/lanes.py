@@ -25,7 +25,8 @@ import numpy.typing as npt
 from spyglass.core.frames import I64
 
 LANE_BYTES = 4096  # distance between lane starts
-WINDOW = 256  # bytes searched for a record start at each lane start
+WINDOW_BITS = 8
+WINDOW = 1 << WINDOW_BITS  # bytes searched for a record start at each lane start
 MAX_STEPS = 2048  # lock-step bound; a chunk needing more falls back to the scan
 MIN_COVER = 0.9  # share of the chunk the lanes must span to be used
 TAIL_LANES = 8  # this few lanes left: finish them record by record
@@ -195,19 +196,40 @@ class LaneFinder:
             self._hits = np.empty((base.size, WINDOW), np.bool_)
         hits = self._hits[: base.size]
         np.equal(win3, t3, out=hits)
-        flat = np.flatnonzero(hits)
-        lane, col = flat // WINDOW, flat % WINDOW
-        pos = base[lane] + col
+        # Matches are sparse: find the 8-byte words holding one, then the bytes inside them.
+        words = hits.reshape(-1).view(np.uint64)
+        hit = np.flatnonzero(words != 0)
+        inner = np.flatnonzero(words[hit].view(np.bool_))  # (hit word, byte) pairs, in order
+        flat = hit[inner >> 3] * 8 + (inner & 7)
+        lane = flat >> WINDOW_BITS
+        pos = int(base[0]) + lane * LANE_BYTES + (flat & (WINDOW - 1))
         keep = arr[pos + self.second] == t2
         lane, pos = lane[keep], pos[keep]
-        ok, nxt = self._plausible(arr, pos, end, t3, t2)
-        # The successor must be a plausible record too (or the chunk's end).
-        inside = ok & (nxt + 16 <= end)
-        ok2 = np.zeros(pos.size, np.bool_)
-        if inside.any():
-            ok2[inside] = self._plausible(arr, nxt[inside], end, t3, t2)[0]
-        ok &= ok2 | (nxt == end)
-        lane, pos = lane[ok], pos[ok]
-        _, first = np.unique(lane, return_index=True)
-        out: I64 = np.concatenate([np.array([start], np.int64), pos[first]])
+        # Each lane's first match is nearly always a record start: check only those, and try
+        # the next match of the lanes where it was not, a few times.
+        found: list[I64] = [np.array([start], np.int64)]
+        failed = np.zeros(base.size, np.bool_)
+        for _ in range(3):
+            if not lane.size:
+                break
+            first = np.ones(lane.size, np.bool_)
+            np.not_equal(lane[1:], lane[:-1], out=first[1:])
+            lane1, pos1 = lane[first], pos[first]
+            ok, nxt = self._plausible(arr, pos1, end, t3, t2)
+            # The successor must be a plausible record too (or the chunk's end).
+            inside = ok & (nxt + 16 <= end)
+            ok2 = np.zeros(pos1.size, np.bool_)
+            if inside.any():
+                ok2[inside] = self._plausible(arr, nxt[inside], end, t3, t2)[0]
+            ok &= ok2 | (nxt == end)
+            found.append(pos1[ok])
+            if ok.all():
+                break
+            failed[:] = False
+            failed[lane1[~ok]] = True
+            first |= ~failed[lane]
+            lane, pos = lane[~first], pos[~first]
+        out: I64 = np.concatenate(found)
+        if len(found) > 2:
+            out.sort()
         return out
