@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -28,6 +29,7 @@ class _DeviceState:
 
 
 MAX_DEVICES = 4096  # a home has tens; more is a flood of made-up MACs
+MAX_ANSWERS = 16_384  # (device, DNS answer) pairs the NameBook keeps ready for a repeat
 
 
 class Inventory:
@@ -69,8 +71,11 @@ class Inventory:
             self._devices[mac] = st
             self._new.append(mac)
         else:
-            st.first_seen = min(st.first_seen, first)
-            st.last_seen = max(st.last_seen, last)
+            # min() and max(), as comparisons: this runs for every DNS answer and ARP packet.
+            if first < st.first_seen:
+                st.first_seen = first
+            if last > st.last_seen:
+                st.last_seen = last
         return st
 
     def add_ip(self, mac: str, ip: str, ts: float) -> None:
@@ -134,20 +139,50 @@ class Inventory:
         return out
 
 
+_NameKey = tuple[str, str, str, str]  # mac, ip, name, source
+_Pairs = tuple[tuple[str, str], ...]  # (ip, name) pairs of one DNS answer
+
+
+@dataclass(slots=True)
+class _Answer:
+    """One DNS answer as one device learned it, ready for the repeats of it."""
+
+    mac: str
+    pairs: _Pairs  # kept alive: the answers are filed under its id
+    entries: list[EndpointName]
+    best: dict[tuple[str, str], tuple[str, str]]  # its _best items: (mac, ip) -> (name, "dns")
+    sni_seen: int  # the device's SNI count when none of these addresses had an SNI name
+    # Times not yet applied to the entries (which are then not yet marked changed either), and
+    # whether it waits in the queue for that.
+    lo: float
+    hi: float
+    queued: bool
+
+
 class NameBook:
     """Per device, the names it resolved (DNS answers it received) or asked for (TLS SNI).
 
     A name one device resolved is never assumed for another device talking to the same IP:
     shared CDN addresses serve many names.
+
+    A household's devices get the same DNS answers over and over. A repeat of an answer already
+    learned widens its time range, applied to the entries (and the entries marked changed)
+    when they are read, since min and max do not care about order; and it puts its names in
+    place for its addresses in one dict update, unless one of them has an SNI name (which
+    stays: see :meth:`_record`).
     """
 
     def __init__(self) -> None:
-        self._entries: dict[tuple[str, str, str, str], EndpointName] = {}
+        self._entries: dict[_NameKey, EndpointName] = {}
         self._best: dict[tuple[str, str], tuple[str, str]] = {}  # (mac, ip) -> (name, source)
-        self._changed: set[tuple[str, str, str, str]] = set()
+        self._sni: dict[str, int] = {}  # per device: addresses whose best name is an SNI
+        self._changed: set[_NameKey] = set()
+        self._answers: dict[tuple[str, int], _Answer] = {}  # by (mac, id(pairs))
+        self._queued: list[_Answer] = []  # repeated since the entries were last read
 
     def pop_changed(self) -> list[EndpointName]:
         """Entries learned or seen again since the last call, for incremental writes."""
+        self._settle()
         out = [self._entries[k] for k in self._changed]
         self._changed.clear()
         return out
@@ -155,12 +190,82 @@ class NameBook:
     def learn(self, mac: str, ip: str, name: str, source: str, ts: float) -> None:
         self._record(mac, ip, name.lower().rstrip("."), source, ts)
 
-    def learn_dns(self, mac: str, pairs: tuple[tuple[str, str], ...], ts: float) -> None:
+    def learn_dns(self, mac: str, pairs: _Pairs, ts: float) -> None:
         """:meth:`learn` for the ``(ip, name)`` pairs of one DNS answer, whose names are already
         lower-case without a final dot (resolve_chain's): no normalising on the per-answer path
-        of a DNS-heavy capture."""
+        of a DNS-heavy capture. The same answer is best passed as the same tuple (a memo's)."""
+        ans = self._answers.get((mac, id(pairs)))
+        if ans is None:
+            self._first(mac, pairs, ts)
+            return
+        if ts < ans.lo:
+            ans.lo = ts
+        if ts > ans.hi:
+            ans.hi = ts
+        if not ans.queued:
+            ans.queued = True
+            self._queued.append(ans)
+        if self._sni.get(mac, 0) == ans.sni_seen:
+            self._best.update(ans.best)
+        else:
+            self._put_best(ans)
+
+    def _first(self, mac: str, pairs: _Pairs, ts: float) -> None:
+        """An answer new to the device: its entries, then what a repeat does."""
+        entries = self._entries
+        ents: list[EndpointName] = []
         for ip, name in pairs:
-            self._record(mac, ip, name, "dns", ts)
+            key = (mac, ip, name, "dns")
+            e = entries.get(key)
+            if e is None:
+                e = entries[key] = EndpointName(mac, ip, name, "dns", ts, ts)
+            else:
+                if ts < e.first_seen:
+                    e.first_seen = ts
+                if ts > e.last_seen:
+                    e.last_seen = ts
+            ents.append(e)
+        best = {(mac, ip): (name, "dns") for ip, name in pairs}
+        ans = _Answer(mac, pairs, ents, best, -1, ts, ts, True)
+        self._queued.append(ans)  # the entries are marked changed when read
+        if len(self._answers) >= MAX_ANSWERS:
+            self._answers.clear()  # the queue keeps those it holds: their times still count
+        self._answers[(mac, id(pairs))] = ans
+        if self._sni.get(mac, 0) == 0:
+            ans.sni_seen = 0
+            self._best.update(best)
+        else:
+            self._put_best(ans)
+
+    def _put_best(self, ans: _Answer) -> None:
+        """_record's step for the best names, for all pairs of the answer at once: unless one
+        of its addresses has an SNI name, its names go in as they are (the last pair of an
+        address wins, as in a loop)."""
+        sni = self._sni.get(ans.mac, 0)
+        if sni != ans.sni_seen:
+            best = self._best
+            if sni and any((b := best.get(k)) is not None and b[1] == "sni" for k in ans.best):
+                for bk, bv in ans.best.items():
+                    b = best.get(bk)
+                    if b is None or b[1] != "sni":
+                        best[bk] = bv
+                return
+            ans.sni_seen = sni
+        self._best.update(ans.best)
+
+    def _settle(self) -> None:
+        """Apply the queued answers' times to their entries, and mark those changed."""
+        changed = self._changed
+        for ans in self._queued:
+            lo, hi = ans.lo, ans.hi
+            for e in ans.entries:
+                if lo < e.first_seen:
+                    e.first_seen = lo
+                if hi > e.last_seen:
+                    e.last_seen = hi
+            changed.update([(ans.mac, ip, name, "dns") for ip, name in ans.pairs])
+            ans.lo, ans.hi, ans.queued = math.inf, -math.inf, False
+        self._queued.clear()
 
     def _record(self, mac: str, ip: str, name: str, source: str, ts: float) -> None:
         key = (mac, ip, name, source)
@@ -176,6 +281,8 @@ class NameBook:
         best = self._best.get((mac, ip))
         # SNI names what the device actually connected to; it wins over a DNS answer.
         if best is None or source == "sni" or best[1] != "sni":
+            if source == "sni" and (best is None or best[1] != "sni"):
+                self._sni[mac] = self._sni.get(mac, 0) + 1
             self._best[(mac, ip)] = (name, source)
 
     def name_for(self, mac: str, ip: str) -> str | None:
@@ -183,4 +290,5 @@ class NameBook:
         return best[0] if best else None
 
     def entries(self) -> list[EndpointName]:
+        self._settle()
         return sorted(self._entries.values(), key=lambda e: (e.device_mac, e.first_seen))

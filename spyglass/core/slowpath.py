@@ -36,6 +36,7 @@ _ARP_AT = {LINKTYPE_ETHERNET: 14, LINKTYPE_LINUX_SLL: 16, LINKTYPE_LINUX_SLL2: 2
 UDP, TCP = 17, 6
 MAX_SAMPLES = 20  # malformed-payload messages kept verbatim; the rest are only counted
 MEMO_SIZE = 4096  # parsed announcements remembered (by payload)
+KNOWN_SIZE = 16_384  # MAC strings, and (device, DNS questions) already told to the identifier
 
 
 @dataclass(slots=True)
@@ -99,6 +100,10 @@ class SlowPath:
         self._ssdp_memo: dict[bytes, SsdpInfo | MalformedPayload] = {}
         # DNS answers repeat too, apart from their ids and TTLs.
         self._dns_memo = DnsAnswerMemo()
+        self._macs: dict[int, str] = {}
+        # Telling a device's identifier a name again changes nothing (it keeps what matched
+        # first): the (device, questions) it was told are skipped.
+        self._asked: set[tuple[str, tuple[str, ...]]] = set()
 
     def select(self, d: Decoded, arr: np.ndarray, up: np.ndarray) -> I64:
         """See :func:`select_rows`."""
@@ -113,9 +118,12 @@ class SlowPath:
         cols = zip(
             rows.tolist(), d.ts[rows].tolist(), d.ethertype[rows].tolist(),
             d.proto[rows].tolist(), d.payload_off[rows].tolist(), d.payload_cap[rows].tolist(),
-            d.sport[rows].tolist(), d.dport[rows].tolist(), strict=True,
+            d.sport[rows].tolist(), d.dport[rows].tolist(), d.dst_mac[rows].tolist(), strict=True,
         )
-        for i, ts, ethertype, proto, off, cap, sp, dp in cols:
+        for i, ts, ethertype, proto, off, cap, sp, dp, dst in cols:
+            if sp == 53 and proto == UDP:  # first: most rows of a DNS-heavy capture
+                self._dns_answer(dst, buf[off : off + cap], ts)
+                continue
             if ethertype == ETH_ARP:
                 # The decoder stops at the link layer for ARP; find the ARP header ourselves.
                 link = _ARP_AT.get(int(batch.linktype[i]))
@@ -127,8 +135,6 @@ class SlowPath:
             payload = buf[off : off + cap]
             if proto == TCP:
                 self._tls(d, i, payload, ts)
-            elif sp == 53:
-                self._dns_answer(d, i, payload, ts)
             elif sp == 5353 or dp == 5353:
                 self._mdns(d, i, payload, ts)
             elif sp in (67, 68):
@@ -171,16 +177,38 @@ class SlowPath:
             self.names.learn(mac, ip_str(int(d.dst_hi[i]), int(d.dst_lo[i])), sni, "sni", ts)
             self.inventory.identifier(mac, ts).add_domain(sni, "sni")
 
-    def _dns_answer(self, d: Decoded, i: int, payload: bytes, ts: float) -> None:
-        facts = self._parse("DNS", self._dns_memo.facts, payload, ts)
-        if facts is None or not facts.is_response:
+    def _mac(self, mac_i: int) -> str:
+        mac = self._macs.get(mac_i)
+        if mac is None:
+            if len(self._macs) >= KNOWN_SIZE:
+                self._macs.clear()
+            mac = self._macs[mac_i] = mac_str(mac_i)
+        return mac
+
+    def _dns_answer(self, dst_mac: int, payload: bytes, ts: float) -> None:
+        # _parse's steps, spelled out: this runs for every DNS answer of the capture.
+        try:
+            facts = self._dns_memo.facts(payload)
+        except MalformedPayload as e:
+            self.stats.bad("DNS", ts, e)
             return
-        mac = mac_str(int(d.dst_mac[i]))  # the device that asked
+        parsed = self.stats.parsed
+        parsed["dns"] = parsed.get("dns", 0) + 1
+        if not facts.is_response:
+            return
+        mac = self._macs.get(dst_mac) or self._mac(dst_mac)  # the device that asked
         self.names.learn_dns(mac, facts.pairs, ts)
         if facts.questions:
+            asked = (mac, facts.questions)
+            if asked in self._asked:
+                self.inventory.touch(mac, ts, ts)
+                return
             ident = self.inventory.identifier(mac, ts)
             for qname in facts.questions:
                 ident.add_domain(qname, "dns")
+            if len(self._asked) >= KNOWN_SIZE:
+                self._asked.clear()
+            self._asked.add(asked)
 
     def _mdns(self, d: Decoded, i: int, payload: bytes, ts: float) -> None:
         memo = self._mdns_memo.get(payload)
