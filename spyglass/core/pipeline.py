@@ -275,15 +275,10 @@ class Pipeline:
             return []
         bins = p.bi_bin[take]
         order = np.argsort(bins, kind="stable")
-        bin_s = det.config.bin_s
-        observe = det.observe
-        done: list[Upload] = []
-        for b, c, mp, mb, ub, db in zip(
-            bins[order].tolist(), p.bi_conn[take][order].tolist(), p.bi_mp[take][order].tolist(),
-            p.bi_mb[take][order].tolist(), p.bi_ub[take][order].tolist(),
-            p.bi_db[take][order].tolist(), strict=True,
-        ):
-            found = observe(b * bin_s, conn_keys[c], mp, mb, ub, db)
-            if found:
-                done.extend(found)
-        return done
+        # b * bin_s in float64, as Python computes it for an int and a float.
+        times = (bins[order] * det.config.bin_s).tolist()
+        bin_keys = [conn_keys[c] for c in p.bi_conn[take][order].tolist()]
+        return det.observe_bins(
+            times, bin_keys, p.bi_mp[take][order].tolist(), p.bi_mb[take][order].tolist(),
+            p.bi_ub[take][order].tolist(), p.bi_db[take][order].tolist(),
+        )

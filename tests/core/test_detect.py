@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from spyglass.core.detect import ConnKey, DestinationHint, DetectorConfig, UploadDetector
 from spyglass.core.endpoints import Role
+from spyglass.core.models import Upload
 
 KEY: ConnKey = ("68:db:f5:00:00:01", "52.94.233.109", "tcp", 443, 40001)
 OTHER: ConnKey = ("68:db:f5:00:00:01", "52.46.136.99", "tcp", 443, 40002)
@@ -111,3 +115,41 @@ def test_endpoint_roles() -> None:
     assert classify("mesu.apple.com").role is Role.NOT_AUDIO
     assert classify("amazon.com").role is Role.UNKNOWN
     assert classify(None).role is Role.UNKNOWN
+
+
+Bin = tuple[int, int, int, int, int]  # 100-ms bin index, connection, media packets, KB up, down
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    batches=st.lists(
+        st.lists(
+            st.tuples(st.integers(0, 400), st.integers(0, 2), st.integers(0, 8),
+                      st.integers(0, 3), st.sampled_from([0, 0, 500, 3000])),
+            max_size=60,
+        ),
+        max_size=6,
+    )
+)  # fmt: skip
+def test_observe_bins_is_observe_bin_by_bin(batches: list[list[Bin]]) -> None:
+    """Bins fed in bulk (as the pipeline does) leave the detector where one call per bin does:
+    the same uploads at the same moments, the same open runs."""
+    keys = [KEY, OTHER, ("68:db:f5:00:00:02", "142.250.1.1", "udp", 443, 5000)]
+    one, bulk = UploadDetector(hint_for()), UploadDetector(hint_for())
+    t0 = 1000
+    for batch in batches:
+        rows = sorted(batch)  # time order, as the pipeline feeds them
+        times = [(t0 + b) * 0.1 for b, *_ in rows]
+        got_one: list[Upload] = []
+        for t, (_, c, mp, kb, db) in zip(times, rows, strict=True):
+            got_one += one.observe(t, keys[c], mp, mp * 300, kb * 1000, db)
+        got_bulk = bulk.observe_bins(
+            times, [keys[c] for _, c, *_ in rows], [r[2] for r in rows],
+            [r[2] * 300 for r in rows], [r[3] * 1000 for r in rows], [r[4] for r in rows],
+        )
+        assert got_one == got_bulk
+        assert one.now == bulk.now and one._runs == bulk._runs
+        t0 += 300
+        last = (t0 - 100) * 0.1
+        assert one.advance(last) == bulk.advance(last)
+    assert one.flush() == bulk.flush()
