@@ -79,10 +79,12 @@ def _joined(buf: bytes, pieces: list[Walk]) -> Walk:
         return pieces[0]
     last = pieces[-1]
     pos = np.concatenate([p.pos for p in pieces])
-    # The bulk walk read its headers already; the few records after it are gathered here.
+    # The bulk walk read its headers already; the few records after it are gathered here
+    # (when the walk's rows are headers as gathered; otherwise the batch gathers them all).
     rows = [p.rows if p.rows is not None else gather_headers(buf, p.pos, 16) for p in pieces]
+    same = all(r.dtype == rows[0].dtype and r.ndim == rows[0].ndim for r in rows)
     return Walk(pos, np.zeros(pos.size, np.uint8), last.stop, last.reason, last.need,
-                np.concatenate(rows))
+                np.concatenate(rows) if same else None)
 
 
 class PcapSegments:
