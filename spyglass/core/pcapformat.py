@@ -6,6 +6,7 @@ import struct
 from typing import TYPE_CHECKING, Final
 
 import numpy as np
+import numpy.typing as npt
 
 from spyglass.core.frames import F64, U16, FrameBatch
 from spyglass.core.lanes import LaneFinder
@@ -118,11 +119,13 @@ class _Pcap(Format):
             return None
         hdr = walk.rows if walk.rows is not None else gather_headers(buf, pos, 16)
         u32 = self._order + "u4"
-        sec = header_field(hdr, 16, 0, u32)
-        frac = header_field(hdr, 16, 4, u32)
-        caplen = header_field(hdr, 16, 8, u32).astype(np.int32)
-        wirelen = fixed_wire(header_field(hdr, 16, 12, u32).astype(np.int64), caplen)
-        ts: F64 = sec + frac * self._frac
+        # Contiguous columns: numpy is several times slower on the headers' strided fields.
+        table: npt.NDArray[np.uint32] = np.ndarray((pos.size, 4), np.dtype(u32), hdr)
+        sec, frac, cap, wire = table.T.copy()
+        caplen = cap.astype(np.int32)
+        wirelen = fixed_wire(wire.astype(np.int64), caplen)
+        ts: F64 = frac * self._frac
+        ts += sec
         if self._zone:
             ts += self._zone
         linktype: U16 = np.full(pos.size, self.linktype, np.uint16)

@@ -204,8 +204,11 @@ def hybrid_walk(
 
 def fixed_wire(wirelen: I64, caplen: npt.NDArray[np.integer[Any]]) -> I32:
     """Wire lengths, with implausible ones (below caplen, absurdly large) replaced by caplen."""
-    bad = (wirelen < caplen) | (wirelen > MAX_WIRE)
-    fixed: I32 = np.where(bad, caplen, wirelen).astype(np.int32)
+    bad = wirelen < caplen
+    bad |= wirelen > MAX_WIRE
+    fixed: I32 = wirelen.astype(np.int32)
+    if bad.any():  # rare: the careful step reported each
+        fixed[bad] = caplen[bad]
     return fixed
 
 
