@@ -22,9 +22,12 @@ from spyglass.core.prepare import Prepared
 ProgressFn = Callable[[int, int], None]  # (bytes read, file size)
 SeriesSink = Callable[[list[SeriesPoint]], None]
 
-CHUNK_BYTES = 16 << 20  # fewer, larger batches: less overhead
+# Fewer, larger batches: less overhead per packet. 1M-packet household capture, two
+# processes, median of 4: 8 MB 0.83 s, 16 MB 0.63-0.66 s, 32 MB 0.55 s, 48 MB 0.59 s (and
+# with 5 % DNS 1.5 s: too few segments to share evenly).
+CHUNK_BYTES = 32 << 20
 # Below this a second process costs more (fork, pipe) than it saves.
-PARALLEL_MIN_BYTES = 2 * CHUNK_BYTES
+PARALLEL_MIN_BYTES = 32 << 20
 
 
 @dataclass(slots=True)
