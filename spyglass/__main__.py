@@ -1,7 +1,5 @@
 """``python -m spyglass`` runs the ``spyglass`` command."""
 
-import sys
+from spyglass.cli.main import entry
 
-from spyglass.cli.main import main
-
-sys.exit(main())
+entry()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -53,6 +54,31 @@ def test_entry_point_runs(tmp_path: Path) -> None:
     if script.exists():
         done = subprocess.run([script, "devices"], capture_output=True, text=True, env=env)
         assert done.returncode == 0 and "No data yet" in done.stderr
+
+
+def test_packet_commands_exit_quickly_without_losing_output(tmp_path: Path) -> None:
+    # analyze ends with os._exit (no interpreter teardown): its whole output, the stored
+    # database and the exit status must still be there, through pipes.
+    env = {**os.environ, "SPYGLASS_DATA_DIR": str(tmp_path)}
+    capture = tmp_path / "home.pcap"
+    sim = [sys.executable, "-m", "spyglass", "simulate", str(capture), "--duration", "120"]
+    assert subprocess.run(sim, capture_output=True, env=env).returncode == 0
+    db = tmp_path / "s.db"
+    cmd = [sys.executable, "-m", "spyglass", "analyze", str(capture), "--db", str(db), "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)  # complete: it parses
+    assert report["devices"] and report["files"][0]["packets"] > 0
+    listed = subprocess.run(
+        [sys.executable, "-m", "spyglass", "devices", "--db", str(db), "--json"],
+        capture_output=True, text=True, env=env,
+    )
+    assert len(json.loads(listed.stdout)["devices"]) == len(report["devices"])
+    missing = subprocess.run(
+        [sys.executable, "-m", "spyglass", "analyze", str(tmp_path / "none.pcap"), "--db",
+         str(db)], capture_output=True, text=True, env=env,
+    )
+    assert missing.returncode == 1 and "none.pcap: cannot read" in missing.stderr
 
 
 def test_only_the_chosen_command_is_loaded() -> None:
