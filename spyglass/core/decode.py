@@ -21,11 +21,24 @@ from __future__ import annotations
 
 import ipaddress
 from functools import lru_cache
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
-import numpy.typing as npt
 
+from spyglass.core.decodecols import (
+    HEAD,
+    FrameBytes,
+    Head,
+    Idx,
+    Out,
+    block_col,
+    block_field,
+    block_mac,
+    most_rows_of,
+    put_rows,
+    rows_of,
+    sub_rows,
+)
 from spyglass.core.frames import (
     I64,
     LINKTYPE_ETHERNET,
@@ -48,221 +61,25 @@ ETH_IPV6: Final = 0x86DD
 ETH_ARP: Final = 0x0806
 _VLAN_TPIDS: Final = (0x8100, 0x88A8, 0x9100)
 _V4_MAPPED: Final = np.uint64(0xFFFF << 32)
-_S16: Final = np.uint64(16)
 _MAX_EXT: Final = 8  # longer extension chains are treated as malformed
 
-Idx = Any  # a slice (all rows) or an index array
-_MOST: Final = 0.75  # a selection of at least this share of rows is done as all rows + a mask
 
 
-_HEAD: Final = 64  # link + IPv4 + TCP headers of the common frame
 _L3_BLOCK: Final = 20  # IPv4 header without options
 _L4_BLOCK: Final = 16  # fixed part of a TCP header up to its flags, UDP and ICMP headers
-_TAIL: Final = 4096
-
-
-class _Buf:
-    """Reads at any byte offset of one buffer: fixed-size blocks and big-endian integers.
-
-    Gathering a whole header block per row (a void-dtype view at every byte offset) costs about
-    what one integer gather does, and the fields are then strided views of the compact copy,
-    so each layer pays for one gather. Indices past the buffer are served from a zero-padded
-    copy of its tail, so a block is never shifted and never read out of bounds.
-    """
-
-    def __init__(self, buf: bytes) -> None:
-        self.buf = buf
-        self.n = len(buf)
-        base = max(self.n - _TAIL, 0)
-        self._tail_base = base
-        self._tail = bytes(buf[base:]) + bytes(64)
-        self._views: dict[tuple[int, bool], npt.NDArray[np.void]] = {}
-
-    def _view(self, width: int, tail: bool) -> npt.NDArray[np.void]:
-        view = self._views.get((width, tail))
-        if view is None:
-            src = self._tail if tail else self.buf
-            count = len(src) - width + 1
-            view = np.ndarray((max(count, 0),), np.dtype(f"V{width}"), src, 0, (1,))
-            self._views[(width, tail)] = view
-        return view
-
-    def block(self, idx: I64, width: int) -> npt.NDArray[np.void]:
-        """``width`` bytes from every offset in ``idx``, as one contiguous (n,) void array."""
-        last = self.n - width  # highest offset whose block lies inside the buffer
-        if idx.size == 0:
-            return np.zeros(0, np.dtype(f"V{width}"))
-        if last >= 0 and int(idx.max()) <= last:
-            return self._view(width, False)[idx]
-        inside = np.maximum(np.minimum(idx, last), 0)
-        out = self._view(width, False)[inside] if last >= 0 else np.zeros(idx.size, f"V{width}")
-        late = idx > last
-        rel = np.clip(idx[late] - self._tail_base, 0, len(self._tail) - 64)
-        out[late] = self._view(width, True)[rel]
-        return out
-
-    def b(self, idx: I64) -> npt.NDArray[np.int64]:
-        return _col(self.block(idx, 1), 1, 0, "u1")
-
-    def w16(self, idx: I64) -> npt.NDArray[np.int64]:
-        return _col(self.block(idx, 2), 2, 0, ">u2")
-
-
-def _field(blocks: npt.NDArray[np.void], at: int, dtype: str) -> npt.NDArray[Any]:
-    """Field at byte ``at`` of every block, as a view (the blocks may be a strided view of a
-    larger contiguous array, see :meth:`_Head.block`)."""
-    n = blocks.size
-    if n == 0:
-        return np.zeros(0, np.dtype(dtype))
-    if blocks.flags.c_contiguous:
-        return np.ndarray((n,), np.dtype(dtype), blocks, at, (blocks.itemsize,))
-    base = blocks.base
-    assert isinstance(base, np.ndarray)
-    start = blocks.__array_interface__["data"][0] - base.__array_interface__["data"][0]
-    return np.ndarray((n,), np.dtype(dtype), base, start + at, blocks.strides)
-
-
-def _col(blocks: npt.NDArray[np.void], width: int, at: int, dtype: str) -> npt.NDArray[np.int64]:
-    """Field at byte ``at`` of every block, as int64."""
-    return _field(blocks, at, dtype).astype(np.int64)
-
-
-def _mac(blocks: npt.NDArray[np.void], width: int, at: int) -> U64:
-    """The 48-bit MAC at ``at``: one 8-byte read, the 2 bytes after it shifted out."""
-    assert at + 8 <= width
-    mac: U64 = _field(blocks, at, ">u8") >> _S16
-    return mac
-
-
-class _Head:
-    """The first 64 bytes of every frame, gathered once from the (large, cache-cold) buffer.
-
-    Later layers read their headers out of this compact copy, which stays in cache; only
-    headers reaching past it (VLAN stacks, IP options, IPv6 extension chains) go back to
-    the buffer.
-    """
-
-    def __init__(self, g: _Buf, off: I64) -> None:
-        self.g = g
-        self.off = off
-        self.arr = g.block(off, _HEAD)
-        self.start = np.arange(off.size, dtype=np.int64) * _HEAD
-        self._views: dict[int, npt.NDArray[np.void]] = {}
-
-    def rows(self, rows: Idx) -> npt.NDArray[np.void]:
-        return self.arr if isinstance(rows, slice) else self.arr[rows]
-
-    def block(
-        self, rows: Idx, at: I64, width: int, where: B | None = None
-    ) -> npt.NDArray[np.void]:
-        """``width`` bytes at buffer offsets ``at`` (one per row of ``rows``); with ``where``
-        (all rows), only the rows where it holds need to be right."""
-        rel = at - self.off[rows]
-        if isinstance(rows, slice) and rel.size:
-            # Every row's header at the same place in its head (the common case: no VLAN
-            # tags, no IP options): a strided view, nothing copied.
-            r0 = int(rel[0] if where is None else rel[int(where.argmax())])
-            same = rel == r0
-            if where is not None:
-                same |= ~where
-            if 0 <= r0 <= _HEAD - width and bool(same.all()):
-                return np.ndarray((rel.size,), np.dtype(f"V{width}"), self.arr, r0, (_HEAD,))
-        flat = self.start[rows] + rel
-        inside = (rel >= 0) & (rel <= _HEAD - width)
-        view = self._views.get(width)
-        if view is None:
-            count = self.arr.size * _HEAD - width + 1
-            view = np.ndarray((max(count, 0),), np.dtype(f"V{width}"), self.arr, 0, (1,))
-            self._views[width] = view
-        if inside.all():
-            return view[flat]
-        out = view[np.where(inside, flat, 0)] if view.size else self.g.block(at, width)
-        outside = ~inside
-        out[outside] = self.g.block(at[outside], width)
-        return out
-
-
-def _select(mask: B) -> Idx:
-    """Rows where mask holds: a slice when that is every row (views, no gathers)."""
-    rows = np.flatnonzero(mask)
-    if rows.size == mask.size:
-        return slice(None)
-    return rows
-
-
-def _select_most(mask: B) -> tuple[Idx, B | None]:
-    """Rows where mask holds, as :func:`_select`; but when that is most rows, all of them
-    (a slice) and the mask: working on every row and writing where the mask holds costs less
-    than gathering and scattering nearly all of them."""
-    count = int(np.count_nonzero(mask))
-    if count == mask.size:
-        return slice(None), None
-    if count >= _MOST * mask.size:
-        return slice(None), mask
-    return np.flatnonzero(mask), None
-
-
-def _put(dst: npt.NDArray[Any], rows: Idx, value: Any, where: B | None) -> None:
-    """``dst[rows] = value``, or with ``where`` (rows all rows) only where it holds."""
-    if where is None:
-        dst[rows] = value
-    else:
-        np.copyto(dst, value, casting="unsafe", where=where)
-
-
-def _sub(rows: Idx, keep: B) -> Idx:
-    """Narrow ``rows`` to those where ``keep`` (indexed like ``rows``) holds."""
-    if isinstance(rows, slice):
-        return _select(keep)
-    return rows[keep] if not keep.all() else rows
-
-
-class _Out:
-    """The output arrays, zero-filled, plus the working per-row layer state."""
-
-    def __init__(self, batch: FrameBatch) -> None:
-        n = len(batch)
-        self.n = n
-        self.src_mac = np.zeros(n, np.uint64)
-        self.dst_mac = np.zeros(n, np.uint64)
-        self.ethertype = np.zeros(n, np.int64)
-        self.vlan = np.zeros(n, np.uint16)
-        self.ipver = np.zeros(n, np.uint8)
-        self.src_hi = np.zeros(n, np.uint64)
-        self.src_lo = np.zeros(n, np.uint64)
-        self.dst_hi = np.zeros(n, np.uint64)
-        self.dst_lo = np.zeros(n, np.uint64)
-        self.proto = np.zeros(n, np.uint8)
-        self.sport = np.zeros(n, np.uint16)
-        self.dport = np.zeros(n, np.uint16)
-        self.tcp_flags = np.zeros(n, np.uint8)
-        self.payload_len = np.zeros(n, np.int32)
-        self.payload_off = np.zeros(n, np.int64)
-        self.payload_cap = np.zeros(n, np.int32)
-        self.malformed = np.zeros(n, np.bool_)
-        self.l3 = np.zeros(n, np.int64)  # absolute offset of the network header
-        self.l4 = np.zeros(n, np.int64)  # absolute offset of the transport header
-        self.l4len = np.zeros(n, np.int64)  # transport bytes on the wire (IP payload)
-        self.frag = np.zeros(n, np.bool_)  # a non-first fragment: no transport header
-
-    def bad(self, rows: Idx, fail: B) -> None:
-        if isinstance(rows, slice):
-            self.malformed |= fail
-        else:
-            self.malformed[rows[fail]] = True
 
 
 def decode(batch: FrameBatch) -> Decoded:
     """Decode link, network and transport headers of every frame in ``batch``."""
-    out = _Out(batch)
+    out = Out(batch)
     n = out.n
     if n == 0:
         return _finish(batch, out)
-    g = _Buf(batch.buf)
+    g = FrameBytes(batch.buf)
     off = batch.offset.astype(np.int64, copy=False)
     end = off + batch.caplen
     wend = off + batch.wirelen  # where the frame ends on the wire
-    head = _Head(g, off)
+    head = Head(g, off)
     first = int(batch.linktype[0])
     if bool((batch.linktype == first).all()):
         _link(head, out, first, slice(None), off, end)
@@ -275,12 +92,12 @@ def decode(batch: FrameBatch) -> Decoded:
     _ipv4(head, out, ok & (out.ethertype == ETH_IPV4), end, wend)
     v6 = ok & (out.ethertype == ETH_IPV6)
     if v6.any():
-        _ipv6(head, out, _select(v6), end, wend)
+        _ipv6(head, out, rows_of(v6), end, wend)
     _transport(head, out, end)
     return _finish(batch, out)
 
 
-def _finish(batch: FrameBatch, out: _Out) -> Decoded:
+def _finish(batch: FrameBatch, out: Out) -> Decoded:
     return Decoded(
         ts=batch.ts,
         wirelen=batch.wirelen,
@@ -304,14 +121,14 @@ def _finish(batch: FrameBatch, out: _Out) -> Decoded:
     )
 
 
-def _link(head: _Head, out: _Out, lt: int, rows: Idx, off: I64, end: I64) -> None:
+def _link(head: Head, out: Out, lt: int, rows: Idx, off: I64, end: I64) -> None:
     """Link-layer header: MACs, ethertype and the network header offset."""
     cap = end - off
     blk = head.rows(rows)
-    w = _HEAD
+    w = HEAD
     if lt == LINKTYPE_ETHERNET:
         short = cap < 14
-        dst, src, et = _mac(blk, w, 0), _mac(blk, w, 6), _col(blk, w, 12, ">u2")
+        dst, src, et = block_mac(blk, w, 0), block_mac(blk, w, 6), block_col(blk, w, 12, ">u2")
         if short.any():
             dst[short] = src[short] = et[short] = 0
         out.dst_mac[rows] = dst
@@ -319,20 +136,20 @@ def _link(head: _Head, out: _Out, lt: int, rows: Idx, off: I64, end: I64) -> Non
         l3 = off + 14
     elif lt == LINKTYPE_LINUX_SLL:
         short = cap < 16
-        has_mac = ~short & (_col(blk, w, 4, ">u2") == 6)
-        out.src_mac[rows] = np.where(has_mac, _mac(blk, w, 6), 0)
-        et = np.where(short, 0, _col(blk, w, 14, ">u2"))
+        has_mac = ~short & (block_col(blk, w, 4, ">u2") == 6)
+        out.src_mac[rows] = np.where(has_mac, block_mac(blk, w, 6), 0)
+        et = np.where(short, 0, block_col(blk, w, 14, ">u2"))
         l3 = off + 16
     elif lt == LINKTYPE_LINUX_SLL2:
         short = cap < 20
-        has_mac = ~short & (_col(blk, w, 11, "u1") == 6)
-        out.src_mac[rows] = np.where(has_mac, _mac(blk, w, 12), 0)
-        et = np.where(short, 0, _col(blk, w, 0, ">u2"))
+        has_mac = ~short & (block_col(blk, w, 11, "u1") == 6)
+        out.src_mac[rows] = np.where(has_mac, block_mac(blk, w, 12), 0)
+        et = np.where(short, 0, block_col(blk, w, 0, ">u2"))
         l3 = off + 20
     elif lt in (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6):
         short = cap < 1
         if lt == LINKTYPE_RAW:
-            ver = _col(blk, w, 0, "u1") >> 4
+            ver = block_col(blk, w, 0, "u1") >> 4
             et = np.where(ver == 4, ETH_IPV4, np.where(ver == 6, ETH_IPV6, 0))
             short = short | (et == 0)  # raw IP that is neither v4 nor v6
         else:
@@ -341,8 +158,8 @@ def _link(head: _Head, out: _Out, lt: int, rows: Idx, off: I64, end: I64) -> Non
     elif lt == LINKTYPE_NULL:
         short = cap < 4
         # The family is in the capturing host's byte order; every value we know fits a byte.
-        first = _col(blk, w, 0, "u1")
-        fam = np.where(first != 0, first, _col(blk, w, 3, "u1"))
+        first = block_col(blk, w, 0, "u1")
+        fam = np.where(first != 0, first, block_col(blk, w, 3, "u1"))
         v6fam = (fam == 10) | (fam == 24) | (fam == 28) | (fam == 30)
         et = np.where(short, 0, np.where(fam == 2, ETH_IPV4, np.where(v6fam, ETH_IPV6, 0)))
         l3 = off + 4
@@ -355,7 +172,7 @@ def _link(head: _Head, out: _Out, lt: int, rows: Idx, off: I64, end: I64) -> Non
     out.bad(rows, short)
 
 
-def _vlans(head: _Head, out: _Out, end: I64) -> None:
+def _vlans(head: Head, out: Out, end: I64) -> None:
     """Skip up to two 802.1Q/802.1ad tags; ``vlan`` keeps the outermost id."""
     for depth in range(2):
         et = out.ethertype
@@ -368,14 +185,14 @@ def _vlans(head: _Head, out: _Out, end: I64) -> None:
         short = end[rows] - l3 < 4
         blk = head.block(rows, l3, 4)
         if depth == 0:
-            out.vlan[rows] = np.where(short, 0, _col(blk, 4, 0, ">u2") & 0x0FFF)
-        out.ethertype[rows] = np.where(short, 0, _col(blk, 4, 2, ">u2"))
+            out.vlan[rows] = np.where(short, 0, block_col(blk, 4, 0, ">u2") & 0x0FFF)
+        out.ethertype[rows] = np.where(short, 0, block_col(blk, 4, 2, ">u2"))
         out.l3[rows] = l3 + 4
         out.bad(rows, short)
 
 
-def _ipv4(head: _Head, out: _Out, sel: B, end_all: I64, wend_all: I64) -> None:
-    rows, where = _select_most(sel)
+def _ipv4(head: Head, out: Out, sel: B, end_all: I64, wend_all: I64) -> None:
+    rows, where = most_rows_of(sel)
     p = out.l3[rows]
     if p.size == 0:
         return
@@ -383,9 +200,9 @@ def _ipv4(head: _Head, out: _Out, sel: B, end_all: I64, wend_all: I64) -> None:
     blk = head.block(rows, p, w, where)
     end = end_all[rows]
     room = wend_all[rows] - p  # bytes of network layer on the wire
-    vihl = _col(blk, w, 0, "u1")
+    vihl = block_col(blk, w, 0, "u1")
     hlen = (vihl & 15) * 4
-    total = _col(blk, w, 2, ">u2")
+    total = block_col(blk, w, 2, ">u2")
     total = np.where(total == 0, room, total)  # 0 = segmentation offload: the frame tells
     fail = (end - p < 20) | (vihl >> 4 != 4) | (hlen < 20) | (end - p < hlen)
     fail |= (total < hlen) | (total > room)
@@ -399,40 +216,40 @@ def _ipv4(head: _Head, out: _Out, sel: B, end_all: I64, wend_all: I64) -> None:
         if isinstance(rows, slice):
             where = good
         else:
-            rows = _sub(rows, good)
+            rows = sub_rows(rows, good)
             p, hlen, total, blk = p[good], hlen[good], total[good], blk[good]
             if p.size == 0:
                 return
-    _put(out.ipver, rows, 4, where)
-    _put(out.src_lo, rows, _field(blk, 12, ">u4") | _V4_MAPPED, where)
-    _put(out.dst_lo, rows, _field(blk, 16, ">u4") | _V4_MAPPED, where)
-    _put(out.proto, rows, _field(blk, 9, "u1"), where)
-    _put(out.l4, rows, p + hlen, where)
-    _put(out.l4len, rows, total - hlen, where)
-    _put(out.frag, rows, (_field(blk, 6, ">u2") & 0x1FFF) != 0, where)
+    put_rows(out.ipver, rows, 4, where)
+    put_rows(out.src_lo, rows, block_field(blk, 12, ">u4") | _V4_MAPPED, where)
+    put_rows(out.dst_lo, rows, block_field(blk, 16, ">u4") | _V4_MAPPED, where)
+    put_rows(out.proto, rows, block_field(blk, 9, "u1"), where)
+    put_rows(out.l4, rows, p + hlen, where)
+    put_rows(out.l4len, rows, total - hlen, where)
+    put_rows(out.frag, rows, (block_field(blk, 6, ">u2") & 0x1FFF) != 0, where)
 
 
-def _ipv6(head: _Head, out: _Out, rows: Idx, end_all: I64, wend_all: I64) -> None:
+def _ipv6(head: Head, out: Out, rows: Idx, end_all: I64, wend_all: I64) -> None:
     p = out.l3[rows]
     end = end_all[rows]
     room = wend_all[rows] - p - 40
     blk = head.block(rows, p, 40)
-    plen = _col(blk, 40, 4, ">u2")
+    plen = block_col(blk, 40, 4, ">u2")
     plen = np.where(plen == 0, room, plen)  # jumbogram or offload: the frame tells
-    fail = (end - p < 40) | (_col(blk, 40, 0, "u1") >> 4 != 6) | (plen > room)
+    fail = (end - p < 40) | (block_col(blk, 40, 0, "u1") >> 4 != 6) | (plen > room)
     good = ~fail
     out.bad(rows, fail)
     if not good.all():
-        rows = _sub(rows, good)
+        rows = sub_rows(rows, good)
         p, end, plen, blk = p[good], end[good], plen[good], blk[good]
         if p.size == 0:
             return
     out.ipver[rows] = 6
-    out.src_hi[rows] = _field(blk, 8, ">u8")
-    out.src_lo[rows] = _field(blk, 16, ">u8")
-    out.dst_hi[rows] = _field(blk, 24, ">u8")
-    out.dst_lo[rows] = _field(blk, 32, ">u8")
-    nh = _col(blk, 40, 6, "u1")
+    out.src_hi[rows] = block_field(blk, 8, ">u8")
+    out.src_lo[rows] = block_field(blk, 16, ">u8")
+    out.dst_hi[rows] = block_field(blk, 24, ">u8")
+    out.dst_lo[rows] = block_field(blk, 32, ">u8")
+    nh = block_col(blk, 40, 6, "u1")
     l4 = p + 40
     l4len = plen
     frag = np.zeros(p.shape, np.bool_)
@@ -443,14 +260,14 @@ def _ipv6(head: _Head, out: _Out, rows: Idx, end_all: I64, wend_all: I64) -> Non
         if not ext.any():
             break
         eb = head.block(rows, l4, 4)
-        size = _col(eb, 4, 1, "u1")
+        size = block_col(eb, 4, 1, "u1")
         hl = np.where(nh == 44, 8, np.where(nh == 51, (size + 2) * 4, (size + 1) * 8))
         cut = ext & ((end - l4 < 8) | (end - l4 < hl) | (l4len < hl))
         bad |= cut
         step = ext & ~cut
         # A fragment header with a non-zero offset: what follows is mid-datagram data.
-        frag |= step & (nh == 44) & ((_col(eb, 4, 2, ">u2") >> 3) != 0)
-        nh = np.where(step, _col(eb, 4, 0, "u1"), nh)
+        frag |= step & (nh == 44) & ((block_col(eb, 4, 2, ">u2") >> 3) != 0)
+        nh = np.where(step, block_col(eb, 4, 0, "u1"), nh)
         l4 = np.where(step, l4 + hl, l4)
         l4len = np.where(step, l4len - hl, l4len)
     else:
@@ -459,19 +276,20 @@ def _ipv6(head: _Head, out: _Out, rows: Idx, end_all: I64, wend_all: I64) -> Non
     if bad.any():
         # Addresses are valid; the protocol and what follows are not.
         keep = ~bad
-        rows, nh, l4, l4len, frag = _sub(rows, keep), nh[keep], l4[keep], l4len[keep], frag[keep]
+        rows = sub_rows(rows, keep)
+        nh, l4, l4len, frag = nh[keep], l4[keep], l4len[keep], frag[keep]
     out.proto[rows] = nh
     out.l4[rows] = l4
     out.l4len[rows] = l4len
     out.frag[rows] = frag
 
 
-def _transport(head: _Head, out: _Out, end_all: I64) -> None:
+def _transport(head: Head, out: Out, end_all: I64) -> None:
     """TCP/UDP/ICMP headers and the payload window of every IP row still well-formed."""
     ip = (out.ipver != 0) & ~out.malformed
     if not ip.any():
         return
-    rows, where = _select_most(ip)
+    rows, where = most_rows_of(ip)
     proto = out.proto[rows]
     l4 = out.l4[rows]
     l4len = out.l4len[rows]
@@ -484,13 +302,13 @@ def _transport(head: _Head, out: _Out, end_all: I64) -> None:
     icmp = ((proto == 1) | (proto == 58)) & ~whole
     small = udp | icmp
     need = np.where(tcp, 20, np.where(small, 8, 0))  # bytes the fixed header needs
-    tcp_word = _col(blk, w, 12, ">u2")  # data offset nibble and the flags byte
+    tcp_word = block_col(blk, w, 12, ">u2")  # data offset nibble and the flags byte
     hdr = np.where(tcp, (tcp_word >> 12) * 4, need)
     fail = (avail < need) | (l4len < need)
     fail |= tcp & ((hdr < 20) | (hdr > l4len) | (hdr > avail))
     paylen = l4len - hdr
     if udp.any():
-        ulen = _col(blk, w, 4, ">u2")
+        ulen = block_col(blk, w, 4, ">u2")
         ulen = np.where(ulen == 0, l4len, ulen)  # 0: IPv6 jumbogram
         fail |= udp & ((ulen < 8) | (ulen > l4len))
         paylen = np.where(udp, ulen - 8, paylen)
@@ -504,26 +322,26 @@ def _transport(head: _Head, out: _Out, end_all: I64) -> None:
         if isinstance(rows, slice):
             where = good
         else:
-            rows = _sub(rows, good)
+            rows = sub_rows(rows, good)
             blk, tcp, udp = blk[good], tcp[good], udp[good]
             tcp_word, hdr, paylen = tcp_word[good], hdr[good], paylen[good]
             l4, avail = l4[good], avail[good]
     has_ports = tcp | udp
     if isinstance(rows, slice):
         # Ports and flags are still 0 where there are none: write only the rows that have.
-        np.copyto(out.sport, _field(blk, 0, ">u2"), where=has_ports if where is None
+        np.copyto(out.sport, block_field(blk, 0, ">u2"), where=has_ports if where is None
                   else has_ports & where)
-        np.copyto(out.dport, _field(blk, 2, ">u2"), where=has_ports if where is None
+        np.copyto(out.dport, block_field(blk, 2, ">u2"), where=has_ports if where is None
                   else has_ports & where)
         np.copyto(out.tcp_flags, tcp_word & 0xFF, casting="unsafe",
                   where=tcp if where is None else tcp & where)
     else:
-        out.sport[rows] = np.where(has_ports, _field(blk, 0, ">u2"), 0)
-        out.dport[rows] = np.where(has_ports, _field(blk, 2, ">u2"), 0)
+        out.sport[rows] = np.where(has_ports, block_field(blk, 0, ">u2"), 0)
+        out.dport[rows] = np.where(has_ports, block_field(blk, 2, ">u2"), 0)
         out.tcp_flags[rows] = np.where(tcp, tcp_word & 0xFF, 0)
-    _put(out.payload_off, rows, l4 + hdr, where)
-    _put(out.payload_len, rows, paylen, where)
-    _put(out.payload_cap, rows, np.clip(avail - hdr, 0, paylen), where)
+    put_rows(out.payload_off, rows, l4 + hdr, where)
+    put_rows(out.payload_len, rows, paylen, where)
+    put_rows(out.payload_cap, rows, np.clip(avail - hdr, 0, paylen), where)
 
 
 # ---- helpers for the rest of the code ------------------------------------------------------
