@@ -1,8 +1,10 @@
 """Streaming reader of pcap and pcapng files, in constant memory, batch by batch.
 
 The file is read in chunks of a few MiB; every chunk becomes one or more ``FrameBatch`` whose
-``buf`` is the chunk itself, so frames are never copied one by one. A record cut by the chunk end
-is carried into the next chunk.
+``buf`` is the chunk itself, so frames are never copied one by one. A pcap file is cut at fixed
+offsets (:mod:`spyglass.core.pcapsegments`: a chunk holds the records that start in it, read a
+little past its end for the last one), so that two processes can share it; in a pcapng file a
+record cut by the chunk end is carried into the next chunk.
 
 Walking the records is the hot loop. A Python loop costs ~0.5 µs per record on a small machine,
 too slow, so the walk is speculative: numpy finds every byte position that looks like a record
