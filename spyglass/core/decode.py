@@ -206,20 +206,11 @@ def _ipv4(head: Head, out: Out, sel: B, end_all: I64, wend_all: I64) -> None:
     total = np.where(total == 0, room, total)  # 0 = segmentation offload: the frame tells
     fail = (end - p < 20) | (vihl >> 4 != 4) | (hlen < 20) | (end - p < hlen)
     fail |= (total < hlen) | (total > room)
-    if where is not None:
-        fail &= where
-    out.bad(rows, fail)
-    good = ~fail
-    if where is not None:
-        where = good & where
-    elif not good.all():
-        if isinstance(rows, slice):
-            where = good
-        else:
-            rows = sub_rows(rows, good)
-            p, hlen, total, blk = p[good], hlen[good], total[good], blk[good]
-            if p.size == 0:
-                return
+    rows, where, good = out.drop(rows, fail, where)
+    if good is not None:
+        p, hlen, total, blk = p[good], hlen[good], total[good], blk[good]
+        if p.size == 0:
+            return
     put_rows(out.ipver, rows, 4, where)
     put_rows(out.src_lo, rows, block_field(blk, 12, ">u4") | _V4_MAPPED, where)
     put_rows(out.dst_lo, rows, block_field(blk, 16, ">u4") | _V4_MAPPED, where)
@@ -312,20 +303,11 @@ def _transport(head: Head, out: Out, end_all: I64) -> None:
         ulen = np.where(ulen == 0, l4len, ulen)  # 0: IPv6 jumbogram
         fail |= udp & ((ulen < 8) | (ulen > l4len))
         paylen = np.where(udp, ulen - 8, paylen)
-    if where is not None:
-        fail &= where
-    out.bad(rows, fail)
-    good = ~fail
-    if where is not None:
-        where = good & where
-    elif not good.all():
-        if isinstance(rows, slice):
-            where = good
-        else:
-            rows = sub_rows(rows, good)
-            blk, tcp, udp = blk[good], tcp[good], udp[good]
-            tcp_word, hdr, paylen = tcp_word[good], hdr[good], paylen[good]
-            l4, avail = l4[good], avail[good]
+    rows, where, good = out.drop(rows, fail, where)
+    if good is not None:
+        blk, tcp, udp = blk[good], tcp[good], udp[good]
+        tcp_word, hdr, paylen = tcp_word[good], hdr[good], paylen[good]
+        l4, avail = l4[good], avail[good]
     has_ports = tcp | udp
     if isinstance(rows, slice):
         # Ports and flags are still 0 where there are none: write only the rows that have.

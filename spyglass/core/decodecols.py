@@ -214,3 +214,19 @@ class Out:
             self.malformed |= fail
         else:
             self.malformed[rows[fail]] = True
+
+    def drop(self, rows: Idx, fail: B, where: B | None) -> tuple[Idx, B | None, B | None]:
+        """Mark the ``fail`` rows (of those ``where`` selects) malformed and take them out of
+        the later layers. Returns the rows and the mask that go on, and the mask that narrows
+        the caller's per-row arrays to them (None: the arrays stay as they are)."""
+        if where is not None:
+            fail &= where
+        self.bad(rows, fail)
+        good = ~fail
+        if where is not None:
+            return rows, good & where, None
+        if good.all():
+            return rows, None, None
+        if isinstance(rows, slice):
+            return rows, good, None
+        return sub_rows(rows, good), None, good
