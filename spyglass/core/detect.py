@@ -99,31 +99,9 @@ class UploadDetector:
         down_bytes: int,
     ) -> list[Upload]:
         """One 100-ms bin of one connection starting at ``t``. Returns uploads that became final."""
-        cfg = self.config
-        done: list[Upload] = []
-        if t > self.now:
-            self.now = t
-        run = self._runs.get(key)
-        if run is not None and t - run.last_media > cfg.gap_s:
-            done.extend(self._close(key, run))
-            run = None
-        if media_packets > 0:
-            if run is None:
-                run = _Run(start=t, last_media=t)
-                self._runs[key] = run
-            if t != run.last_bin:
-                run.active_bins += 1
-                run.last_bin = t
-            run.last_media = t
-            run.media_packets += media_packets
-            run.media_bytes += media_bytes
-        if run is not None:
-            run.up_bytes += up_bytes
-            sec = int(t)
-            run.per_second[sec] = run.per_second.get(sec, 0) + up_bytes
-            if down_bytes:
-                run.down_tail.append((t, down_bytes))
-        return done
+        return self.observe_bins(
+            [t], [key], [media_packets], [media_bytes], [up_bytes], [down_bytes]
+        )
 
     def observe_bins(
         self,
@@ -134,8 +112,8 @@ class UploadDetector:
         up_bytes: list[int],
         down_bytes: list[int],
     ) -> list[Upload]:
-        """:meth:`observe` of many bins in time order, in one loop (a batch has tens of
-        thousands: one method call each costs more than the step itself)."""
+        """Bins of connections in time order (see :meth:`observe`), in one loop: a batch has
+        tens of thousands, and one method call each cost more than the step itself."""
         gap = self.config.gap_s
         runs = self._runs
         done: list[Upload] = []
