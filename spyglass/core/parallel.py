@@ -32,7 +32,9 @@ from spyglass.core.capfile import CaptureFormatError, ReadReport, open_capture
 from spyglass.core.frames import FrameBatch
 from spyglass.core.prepare import Prepared, Preparer, PrepSettings
 
-__all__ = ["PreparedReader", "WorkerFailed"]
+__all__ = ["FORK", "PreparedReader", "WorkerFailed", "running"]
+
+FORK = multiprocessing.get_context("fork")  # no re-import: a worker starts at once
 
 
 class WorkerFailed(Exception):
@@ -67,6 +69,31 @@ def _work(
         conn.close()
 
 
+@contextlib.contextmanager
+def running(
+    target: Callable[..., None], send: Connection, recv: Connection, args: tuple[Any, ...],
+    on_start: Callable[[], None] | None,
+) -> Iterator[None]:
+    """``target(send, *args)`` in a forked worker while the block runs (``on_start`` first);
+    afterwards ``recv`` is closed and the worker ended and reaped, however the block ends."""
+    proc = FORK.Process(target=target, args=(send, *args), daemon=True)
+    with warnings.catch_warnings():
+        # A caller's other threads, if any, hold nothing the child touches: it
+        # only reads the file and runs numpy on its own arrays.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        proc.start()
+    send.close()
+    try:
+        if on_start is not None:
+            on_start()
+        yield
+    finally:
+        recv.close()
+        if proc.is_alive():
+            proc.terminate()
+        proc.join()
+
+
 def _tell(conn: Connection, message: tuple[str, Any, int]) -> None:
     with contextlib.suppress(OSError):  # the parent is gone: nothing to tell
         conn.send(message)
@@ -97,29 +124,12 @@ class PreparedReader:
         self._on_start = on_start
 
     def __iter__(self) -> Iterator[Prepared | FrameBatch]:
-        ctx = multiprocessing.get_context("fork")  # no re-import: the worker starts at once
-        recv, send = ctx.Pipe(duplex=False)
-        waits = ctx.RawValue("L", 0)  # how often this process found no message waiting
-        proc = ctx.Process(
-            target=_work, args=(send, self.path, self._chunk, self._settings, waits),
-            daemon=True,
-        )
-        with warnings.catch_warnings():
-            # A caller's other threads, if any, hold nothing the child touches: it
-            # only reads the file and runs numpy on its own arrays.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            proc.start()
-        send.close()
-        try:
-            if self._on_start is not None:
-                self._on_start()
-            with open(self.path, "rb", buffering=0) as fh:
-                yield from self._receive(recv, fh.fileno(), waits)
-        finally:
-            recv.close()
-            if proc.is_alive():
-                proc.terminate()
-            proc.join()
+        recv, send = FORK.Pipe(duplex=False)
+        waits = FORK.RawValue("L", 0)  # how often this process found no message waiting
+        args = (self.path, self._chunk, self._settings, waits)
+        with running(_work, send, recv, args, self._on_start), \
+                open(self.path, "rb", buffering=0) as fh:
+            yield from self._receive(recv, fh.fileno(), waits)
 
     def _receive(
         self, recv: Connection, fd: int, waits: Any

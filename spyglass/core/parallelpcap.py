@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import multiprocessing
 import os
 import signal
-import warnings
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from typing import Any
 
 from spyglass.core.capfile import CaptureFormatError, ReadReport, map_at, open_capture
+from spyglass.core.parallel import FORK, running
 from spyglass.core.pcapsegments import FAILED, HEADER, NOT_FOUND, PcapSegments, Segment
 from spyglass.core.prepare import Prepared, Preparer, PrepSettings
 from spyglass.core.readreport import Problems
@@ -129,32 +128,14 @@ class SegmentedReader:
         report = ReadReport(self.path, "pcap", file_size=size, bytes_read=HEADER)
         self.report = report
         problems = Problems(report)
-        ctx = multiprocessing.get_context("fork")  # no re-import: the worker starts at once
-        recv, send = ctx.Pipe(duplex=False)
+        recv, send = FORK.Pipe(duplex=False)
         with contextlib.suppress(OSError):
             fcntl.fcntl(send.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
-        counter = ctx.Value("q", 0)
-        proc = ctx.Process(
-            target=_work,
-            args=(send, self.path, header, size, self._chunk, self._settings, counter),
-            daemon=True,
-        )
-        with warnings.catch_warnings():
-            # A caller's other threads, if any, hold nothing the child touches: it
-            # only reads the file and runs numpy on its own arrays.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            proc.start()
-        send.close()
-        try:
-            if self._on_start is not None:
-                self._on_start()
+        counter = FORK.Value("q", 0)
+        args = (self.path, header, size, self._chunk, self._settings, counter)
+        with running(_work, send, recv, args, self._on_start):
             here = _Local(segments, _Buffer(fd).read, Preparer(self._settings))
             yield from self._apply_in_order(segments, recv, counter, here, report, problems)
-        finally:
-            recv.close()
-            if proc.is_alive():
-                proc.terminate()
-            proc.join()
 
     def _apply_in_order(
         self, segments: PcapSegments, recv: Connection, counter: Any, here: _Local,
