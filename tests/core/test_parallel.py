@@ -111,13 +111,15 @@ def test_not_a_capture_raises_in_parallel_mode(tmp_path: Path) -> None:
         analyze_file(path, workers=2)
 
 
+def die_at_once(*_args: object) -> None:
+    """A worker that dies without a word (as if killed)."""
+    os._exit(3)
+
+
 def test_worker_dying_at_once_loses_nothing(
     household: Path, small_chunks: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def die(*_args: object) -> None:
-        os._exit(3)
-
-    monkeypatch.setattr(parallelpcap, "_work", die)
+    monkeypatch.setattr(parallelpcap, "_work", die_at_once)
     r = analyze_file(household, vendor_lookup=vendor_for_mac, workers=2)
     ref = analyze_file(household, vendor_lookup=vendor_for_mac, workers=1)
     assert outcome(r)["flows"] == outcome(ref)["flows"]
@@ -220,10 +222,7 @@ def test_a_wrong_guess_is_walked_again(
 def test_dead_pcapng_worker_falls_back_to_one_process(
     household_ng: Path, small_chunks: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def die(*_args: object) -> None:
-        os._exit(3)
-
-    monkeypatch.setattr(parallel, "_work", die)
+    monkeypatch.setattr(parallel, "_work", die_at_once)
     r = analyze_file(household_ng, vendor_lookup=vendor_for_mac, workers=2)
     ref = analyze_file(household_ng, vendor_lookup=vendor_for_mac, workers=1)
     assert outcome(r) == outcome(ref)
