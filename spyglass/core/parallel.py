@@ -32,7 +32,7 @@ from spyglass.core.capfile import CaptureFormatError, ReadReport, open_capture
 from spyglass.core.frames import FrameBatch
 from spyglass.core.prepare import Prepared, Preparer, PrepSettings
 
-__all__ = ["FORK", "PreparedReader", "WorkerFailed", "running"]
+__all__ = ["FORK", "PreparedReader", "TwoProcessReader", "WorkerFailed", "running"]
 
 FORK = multiprocessing.get_context("fork")  # no re-import: a worker starts at once
 
@@ -99,16 +99,12 @@ def _tell(conn: Connection, message: tuple[str, Any, int]) -> None:
         conn.send(message)
 
 
-class PreparedReader:
-    """Iterate over a file's batches, read by a worker process: each either :class:`Prepared`
-    there, or a :class:`FrameBatch` (read here) for the caller to prepare.
-
-    ``on_start`` is called as soon as the worker exists (threads the caller starts then cannot
-    hold a lock the forked worker would need). After the iteration, ``report`` is the reader's
-    :class:`ReadReport`. Raises
-    :class:`CaptureFormatError` as :func:`open_capture` does, and :class:`WorkerFailed` when the
-    worker dies; both before any batch, or mid-file for the latter.
-    """
+class TwoProcessReader:
+    """What both two-process readers take and show: ``report`` (the file's
+    :class:`ReadReport`, final after the iteration), ``bytes_read`` and ``file_size`` for
+    progress. Raises :class:`CaptureFormatError` as :func:`open_capture` does, before forking;
+    ``on_start`` is called once the worker exists (threads the caller starts then cannot hold
+    a lock the forked worker would need)."""
 
     def __init__(
         self, path: str | os.PathLike[str], settings: PrepSettings, *, chunk_bytes: int,
@@ -122,6 +118,14 @@ class PreparedReader:
         self._settings = settings
         self._chunk = chunk_bytes
         self._on_start = on_start
+
+
+
+class PreparedReader(TwoProcessReader):
+    """Iterate over a file's batches, read by a worker process: each either :class:`Prepared`
+    there, or a :class:`FrameBatch` (read here) for the caller to prepare. Raises
+    :class:`WorkerFailed` when the worker dies, before any batch or mid-file.
+    """
 
     def __iter__(self) -> Iterator[Prepared | FrameBatch]:
         recv, send = FORK.Pipe(duplex=False)

@@ -21,11 +21,12 @@ import fcntl
 import os
 import signal
 from collections.abc import Callable, Iterator
+from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any
 
-from spyglass.core.capfile import CaptureFormatError, ReadReport, map_at, open_capture
-from spyglass.core.parallel import FORK, running
+from spyglass.core.capfile import CaptureFormatError, ReadReport, map_at
+from spyglass.core.parallel import FORK, TwoProcessReader, running
 from spyglass.core.pcapsegments import FAILED, HEADER, NOT_FOUND, PcapSegments, Segment
 from spyglass.core.prepare import Prepared, Preparer, PrepSettings
 from spyglass.core.readreport import Problems
@@ -55,10 +56,9 @@ def _work(
         segments = PcapSegments(header, size, chunk)
         prep = Preparer(settings)
         with open(path, "rb", buffering=0) as fh:
+            read = partial(map_at, fh)
             while (k := _claim(counter)) < segments.count:
-                seg, batch = segments.walk(
-                    k, lambda at, n: map_at(fh, at, n), HEADER if k == 0 else None
-                )
+                seg, batch = segments.walk(k, read, HEADER if k == 0 else None)
                 conn.send((seg, prep(batch) if batch is not None else None))
         conn.send((None, None))  # done
     except (BrokenPipeError, ConnectionResetError):
@@ -90,26 +90,17 @@ class _Buffer:
         return view[:got]  # type: ignore[return-value]  # read like bytes
 
 
-class SegmentedReader:
+class SegmentedReader(TwoProcessReader):
     """Iterate over a pcap file's segments as :class:`Prepared`, in file order, prepared by
-    either process. After the iteration, ``report`` is the file's :class:`ReadReport`, the same
-    as the one-process reader's, and ``worker_failed`` says why the worker stopped early, if it
-    did (the rest was read here). Raises :class:`CaptureFormatError` as :func:`open_capture`
-    does (before forking); ``on_start`` is called once the worker exists."""
+    either process. ``report`` ends the same as the one-process reader's, and
+    ``worker_failed`` says why the worker stopped early, if it did (the rest was read here)."""
 
     def __init__(
         self, path: str | os.PathLike[str], settings: PrepSettings, *, chunk_bytes: int,
         on_start: Callable[[], None] | None = None,
     ) -> None:
-        self.path = os.fspath(path)
-        probe = open_capture(self.path, chunk_bytes=chunk_bytes)  # format errors here, at once
-        self.report: ReadReport = probe.report
-        self.bytes_read = 0
-        self.file_size = probe.file_size
+        super().__init__(path, settings, chunk_bytes=chunk_bytes, on_start=on_start)
         self.worker_failed: str | None = None
-        self._settings = settings
-        self._chunk = chunk_bytes
-        self._on_start = on_start
 
     def __iter__(self) -> Iterator[Prepared]:
         try:
