@@ -186,17 +186,10 @@ class SlowPath:
         return mac
 
     def _dns_answer(self, dst_mac: int, payload: bytes, ts: float) -> None:
-        # _parse's steps, spelled out: this runs for every DNS answer of the capture.
-        try:
-            facts = self._dns_memo.facts(payload)
-        except MalformedPayload as e:
-            self.stats.bad("DNS", ts, e)
+        facts = self._parse("DNS", self._dns_memo.facts, payload, ts)
+        if facts is None or not facts.is_response:
             return
-        parsed = self.stats.parsed
-        parsed["dns"] = parsed.get("dns", 0) + 1
-        if not facts.is_response:
-            return
-        mac = self._macs.get(dst_mac) or self._mac(dst_mac)  # the device that asked
+        mac = self._mac(dst_mac)  # the device that asked
         self.names.learn_dns(mac, facts.pairs, ts)
         if facts.questions:
             asked = (mac, facts.questions)
