@@ -22,7 +22,7 @@ from spyglass.adapters.oui import vendor_for_mac
 from spyglass.agent.controls import WATCH_SETTING, ControlOps, set_verdict
 from spyglass.agent.server import AgentServer, StoreBackend
 from spyglass.agent.watch import WatchSet, attach_filter
-from spyglass.api.protocol import device_to_dict, upload_to_dict
+from spyglass.api.convert import device_to_dict, upload_to_dict
 from spyglass.capture.live import InterfaceGone, interface_subnets, open_capture_source
 from spyglass.core.models import Device, EndpointName, Flow, SeriesPoint, Upload
 from spyglass.core.pipeline import Pipeline

@@ -29,6 +29,7 @@ from spyglass.agent.apisocket import (
 from spyglass.agent.backend import Backend, StoreBackend
 from spyglass.agent.peercred import group_name, in_group, peer_credentials
 from spyglass.agent.subscriber import Subscriber, wake_all
+from spyglass.api import convert
 from spyglass.api import protocol as p
 from spyglass.core.models import Device, Upload
 
@@ -202,9 +203,9 @@ class AgentServer:
             return
         payload: Mapping[str, Any]
         if isinstance(data, Upload):
-            payload = p.upload_to_dict(data)
+            payload = convert.upload_to_dict(data)
         elif isinstance(data, Device):
-            payload = p.device_to_dict(data)
+            payload = convert.device_to_dict(data)
         else:
             payload = data  # p.event() copies it
         try:
@@ -397,12 +398,12 @@ class AgentServer:
                                       "subscribers": len(self._subscribers)}}
         if op == "devices":
             return await self._in_worker(
-                lambda: [p.device_to_dict(d) for d in self.backend.devices()]
+                lambda: [convert.device_to_dict(d) for d in self.backend.devices()]
             )
         if op == "uploads":
             return await self._in_worker(
                 lambda: [
-                    p.upload_to_dict(u)
+                    convert.upload_to_dict(u)
                     for u in self.backend.uploads(
                         params["device"], params["since"], params["until"]
                     )

@@ -7,7 +7,8 @@ from spyglass.api.client import (
     AgentUnavailable,
     Subscription,
 )
-from spyglass.api.protocol import DEFAULT_SOCKET_PATH, PROTOCOL_VERSION, WireUpload
+from spyglass.api.convert import WireUpload
+from spyglass.api.protocol import DEFAULT_SOCKET_PATH, PROTOCOL_VERSION
 
 __all__ = [
     "DEFAULT_SOCKET_PATH",

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
+from spyglass.api import convert
 from spyglass.api import protocol as p
 from spyglass.core.models import Device
 
@@ -146,14 +147,14 @@ class AgentClient:
         return self._dict(self.request("status"))
 
     def devices(self) -> list[Device]:
-        return [p.device_from_dict(d) for d in self._list(self.request("devices"))]
+        return [convert.device_from_dict(d) for d in self._list(self.request("devices"))]
 
     def uploads(
         self, device: str | None = None, since: float | None = None, until: float | None = None
-    ) -> list[p.WireUpload]:
+    ) -> list[convert.WireUpload]:
         """Uploads starting in [since, until), oldest first; ``device`` is a MAC."""
         params = _without_none(device=device, since=since, until=until)
-        return [p.upload_from_dict(u) for u in self._list(self.request("uploads", **params))]
+        return [convert.upload_from_dict(u) for u in self._list(self.request("uploads", **params))]
 
     def series(
         self, device: str | None, since: float, until: float, resolution_s: int = 1

@@ -11,7 +11,7 @@ import pytest
 
 from spyglass.agent.server import AgentServer, StoreBackend
 from spyglass.api.client import AgentClient, AgentError, AgentTimeout, AgentUnavailable
-from spyglass.api.protocol import WireUpload
+from spyglass.api.convert import WireUpload
 from spyglass.core.models import Device, Upload
 from tests.agent.helpers import DAY, ECHO, NEST, STATUS, T0, make_upload, run_as_nobody
 

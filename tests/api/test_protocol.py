@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from spyglass.api import convert
 from spyglass.api import protocol as p
 from spyglass.core.models import Device, Upload
 
@@ -166,24 +167,24 @@ UPLOAD = Upload(
 
 
 def test_upload_round_trip_and_field_names() -> None:
-    d = p.upload_to_dict(UPLOAD)
+    d = convert.upload_to_dict(UPLOAD)
     assert list(d)[:13] == ["device", "start", "end", "bytes", "destination", "assistant",
                             "confidence", "peak_bps", "remote_ip", "proto", "port", "evidence",
                             "id"]
     assert d["id"] is None
-    back = p.upload_from_dict(json.loads(json.dumps(d)))
+    back = convert.upload_from_dict(json.loads(json.dumps(d)))
     assert Upload(**{f: getattr(back, f) for f in Upload.__dataclass_fields__}) == UPLOAD
-    stored = p.WireUpload(**{f: getattr(UPLOAD, f) for f in Upload.__dataclass_fields__},
-                          id=7, verdict="me")
-    assert p.upload_from_dict(p.upload_to_dict(stored)) == stored
+    stored = convert.WireUpload(**{f: getattr(UPLOAD, f) for f in Upload.__dataclass_fields__},
+                                id=7, verdict="me")
+    assert convert.upload_from_dict(convert.upload_to_dict(stored)) == stored
 
 
 def test_device_round_trip() -> None:
     dev = Device(MAC, vendor="Amazon", kind="speaker", model="Amazon Echo", assistant="alexa",
                  names=["kitchen"], ips=["192.168.1.20"], evidence=["oui"], first_seen=1.0,
                  last_seen=2.0)
-    assert p.device_from_dict(json.loads(json.dumps(p.device_to_dict(dev)))) == dev
-    assert p.device_from_dict({"mac": MAC, "future_field": 1}) == Device(MAC)
+    assert convert.device_from_dict(json.loads(json.dumps(convert.device_to_dict(dev)))) == dev
+    assert convert.device_from_dict({"mac": MAC, "future_field": 1}) == Device(MAC)
 
 
 @pytest.mark.parametrize(
@@ -198,14 +199,14 @@ def test_device_round_trip() -> None:
 )
 def test_upload_from_dict_names_the_bad_field(d: dict[str, Any], field: str) -> None:
     with pytest.raises(ValueError, match=f"'{field}'"):
-        p.upload_from_dict(d)
+        convert.upload_from_dict(d)
 
 
 def test_device_from_dict_names_the_bad_field() -> None:
     with pytest.raises(ValueError, match="'names'"):
-        p.device_from_dict({"mac": MAC, "names": "kitchen"})
+        convert.device_from_dict({"mac": MAC, "names": "kitchen"})
     with pytest.raises(ValueError, match="object"):
-        p.device_from_dict([MAC])  # type: ignore[arg-type]
+        convert.device_from_dict([MAC])  # type: ignore[arg-type]
 
 
 def test_mac_normalisation() -> None:
