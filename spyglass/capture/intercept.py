@@ -8,6 +8,9 @@ anything it refuses to start when another host already intercepts the router or 
 
 Poisoning is unicast ARP replies every ``period_s`` (2 s), plus an immediate answer when a
 target asks for the router (or the router for a target), so a re-ARP does not slip past us.
+
+The steps before the first poisoned frame live beside this module: spyglass.capture.preflight
+(on-link checks, true MACs, conflicts; and the errors) and spyglass.capture.forwarding (sysctls).
 """
 
 from __future__ import annotations
@@ -26,14 +29,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Self
 
 from spyglass.capture.arp import (
-    OP_CLAIM,
-    OP_REPLY,
     OP_REQUEST,
     ArpSocket,
     claim,
@@ -41,16 +42,10 @@ from spyglass.capture.arp import (
     in_netns,
     poison_frames,
     send_rounds,
-    who_has,
 )
-from spyglass.capture.watchdog import (
-    InterceptState,
-    read_sysctl,
-    restore_sysctls,
-    start_watchdog,
-    write_state,
-    write_sysctl,
-)
+from spyglass.capture.forwarding import apply_sysctls, planned_sysctls
+from spyglass.capture.preflight import InterceptError, check_on_link, resolve_macs
+from spyglass.capture.watchdog import InterceptState, restore_sysctls, start_watchdog, write_state
 from spyglass.core.proto.arp import ArpInfo
 
 log = logging.getLogger(__name__)
@@ -62,15 +57,6 @@ RESTORE_SPACING_S = 0.5
 # A Linux neighbour entry ignores a reply with another MAC for ``locktime`` (1 s) after an
 # update: the answer right after the true owner's is ignored, this second one is not.
 REPOISON_AFTER_S = 1.1
-_IP_FORWARD = "net/ipv4/ip_forward"
-
-
-class InterceptError(RuntimeError):
-    """Interception cannot start or continue; the message says why."""
-
-
-class InterceptConflict(InterceptError):
-    """Another host already intercepts (or claims) an address we were asked to intercept."""
 
 
 def _ipv4(value: str, what: str) -> str:
@@ -170,7 +156,7 @@ class Interceptor:
             if ip in self._active:
                 return
             sock = self._require_sock()
-            self._check_on_link(sock, [ip])
+            check_on_link(sock, self.ifname, [ip])
             mac = self._resolve([ip])[ip]
             with self._lock:
                 self._wanted.append(ip)
@@ -273,12 +259,12 @@ class Interceptor:
         our_ip = sock.require_ip()
         if our_ip == self.router_ip or our_ip in self._wanted:
             raise ValueError(f"{our_ip} is this host's own address on {self.ifname}")
-        self._check_on_link(sock, [self.router_ip, *self._wanted])
+        check_on_link(sock, self.ifname, [self.router_ip, *self._wanted])
         macs = self._resolve([self.router_ip, *self._wanted])
         self._router_mac = macs[self.router_ip]
         with self._lock:
             self._active = {ip: macs[ip] for ip in self._wanted}
-        self._sysctls = in_netns(self._netns_fd, self._planned_sysctls)
+        self._sysctls = in_netns(self._netns_fd, lambda: planned_sysctls(self.ifname))
         if self._state_path is None:
             self._own_state_dir = Path(tempfile.mkdtemp(prefix="spyglass-intercept-"))
             self._state_path = self._own_state_dir / "state.json"
@@ -292,7 +278,7 @@ class Interceptor:
                 netns_fd=self._netns_fd,
                 cleanup=self._own_state_dir is not None,
             )
-        in_netns(self._netns_fd, self._apply_sysctls)
+        in_netns(self._netns_fd, lambda: apply_sysctls(self.ifname, self._sysctls))
         self._running = True
         self._worker = threading.Thread(target=self._run, name="spyglass-intercept", daemon=True)
         self._worker.start()
@@ -312,102 +298,9 @@ class Interceptor:
         self._stop_watchdog()
         self._close_sock()
 
-    def _planned_sysctls(self) -> dict[str, str]:
-        """Old values of the knobs we change (those already right are left alone)."""
-        want = self._wanted_sysctls()
-        old = {}
-        for path, value in want.items():
-            try:
-                current = read_sysctl(path)
-            except OSError as exc:
-                raise InterceptError(f"cannot read sysctl {path}: {exc}") from None
-            if current != value:
-                old[path] = current
-        if _IP_FORWARD in old:
-            # Writing ip_forward resets accept_redirects (kernel behaviour): put it back after.
-            path = "net/ipv4/conf/all/accept_redirects"
-            with contextlib.suppress(OSError):
-                old[path] = read_sysctl(path)
-        return old
-
-    def _wanted_sysctls(self) -> dict[str, str]:
-        return {
-            _IP_FORWARD: "1",
-            # Forwarding out of the interface a packet came in on would tell the device
-            # "use the router directly" and end the interception.
-            "net/ipv4/conf/all/send_redirects": "0",
-            f"net/ipv4/conf/{self.ifname}/send_redirects": "0",
-        }
-
-    def _apply_sysctls(self) -> None:
-        for path, value in self._wanted_sysctls().items():
-            if path in self._sysctls:
-                try:
-                    write_sysctl(path, value)
-                except OSError as exc:
-                    raise InterceptError(f"cannot set sysctl {path}={value}: {exc}") from None
-
-    def _check_on_link(self, sock: ArpSocket, ips: Iterable[str]) -> None:
-        net = sock.network()
-        for ip in ips:
-            if ipaddress.IPv4Address(ip) not in net:
-                raise ValueError(f"{ip} is not on {self.ifname}'s network {net}")
-            if ip == sock.ip:
-                raise ValueError(f"{ip} is this host's own address on {self.ifname}")
-
     def _resolve(self, ips: list[str]) -> dict[str, str]:
-        """The true MAC of each address, by ARP request; InterceptConflict when an address
-        answers from more than one MAC, or another Spyglass claims it."""
-        seen: dict[str, set[str]] = {ip: set() for ip in ips}
-        claims: dict[str, set[str]] = {ip: set() for ip in ips}
-        forged: list[str] = []
-        with ArpSocket(self.ifname, netns_fd=self._netns_fd) as sock:
-            our_ip = sock.require_ip()
-            start = time.monotonic()
-            deadline = start + self.resolve_window_s
-            sends = [start + i * self.resolve_window_s / 3 for i in range(3)]
-            while True:
-                now = time.monotonic()
-                while sends and sends[0] <= now:
-                    sends.pop(0)
-                    sock.send_all(who_has(sock.mac, our_ip, ip) for ip in ips)
-                if now >= deadline:
-                    break
-                frame = sock.recv(min(deadline, sends[0] if sends else deadline) - now)
-                if frame is None or frame.arp.sender_ip not in seen:
-                    continue
-                a = frame.arp
-                if a.op == OP_CLAIM:
-                    claims[a.sender_ip].add(a.sender_mac)
-                elif a.op in (OP_REQUEST, OP_REPLY):
-                    seen[a.sender_ip].add(a.sender_mac)
-                    if a.op == OP_REPLY and frame.eth_src != a.sender_mac:
-                        forged.append(
-                            f"the ARP answer for {a.sender_ip} says {a.sender_mac} but was "
-                            f"sent by {frame.eth_src}"
-                        )
-        problems = []
-        for ip in ips:
-            if claims[ip]:
-                true = ", ".join(sorted(seen[ip])) or "unknown"
-                problems.append(
-                    f"{ip} is already being intercepted by another Spyglass at "
-                    f"{', '.join(sorted(claims[ip]))} (its own MAC: {true})"
-                )
-            elif len(seen[ip]) > 1:
-                problems.append(
-                    f"{ip} answers ARP from {len(seen[ip])} MACs ({', '.join(sorted(seen[ip]))}):"
-                    " another host is already intercepting it (or the address is in use twice)"
-                )
-        problems += forged
-        if problems:
-            raise InterceptConflict("refusing to intercept: " + "; ".join(problems))
-        missing = [ip for ip in ips if not seen[ip]]
-        if missing:
-            raise InterceptError(
-                f"no ARP answer from {', '.join(missing)} on {self.ifname} (is it online?)"
-            )
-        macs = {ip: next(iter(seen[ip])) for ip in ips}
+        """The true MAC of each address (see resolve_macs), remembered to notice a move."""
+        macs = resolve_macs(self.ifname, self._netns_fd, ips, self.resolve_window_s)
         for ip, mac in macs.items():
             old = self._macs.get(ip)
             if old is not None and old != mac:

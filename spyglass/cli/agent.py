@@ -92,7 +92,7 @@ def _run_agent(args: argparse.Namespace) -> int:
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1` dumps every thread's stack: hangs
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    from spyglass.capture.intercept import InterceptError
+    from spyglass.capture.preflight import InterceptError
 
     try:
         return agent.run()

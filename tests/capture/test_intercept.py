@@ -28,12 +28,9 @@ from spyglass.capture.arp import (
     parse_frame,
     poison_frames,
 )
-from spyglass.capture.intercept import (
-    InterceptConflict,
-    InterceptError,
-    Interceptor,
-)
+from spyglass.capture.intercept import Interceptor
 from spyglass.capture.live import LiveCapture
+from spyglass.capture.preflight import InterceptConflict, InterceptError
 from spyglass.capture.watchdog import (
     AgentWatch,
     InterceptState,
