@@ -173,6 +173,14 @@ def _detail(rule: Rule, m: re.Match[str]) -> str | None:
     return rule.detail.get(group)
 
 
+def domain_may_identify(name: str) -> bool:
+    """Whether a name a device resolved or sent could be evidence (some rule matches it).
+
+    The rest change nothing about any device, so the DNS digest leaves them out."""
+    text = name.lower().rstrip(".")
+    return any(rx.search(text) for _, _, rx in _BY_FIELD.get(F_DOMAIN, ()))
+
+
 def _noisy_or(weights: list[float]) -> float:
     miss = 1.0
     for w in weights:

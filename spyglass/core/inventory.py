@@ -148,7 +148,7 @@ class _Answer:
     """One DNS answer as one device learned it, ready for the repeats of it."""
 
     mac: str
-    pairs: _Pairs  # kept alive: the answers are filed under its id
+    pairs: _Pairs
     entries: list[EndpointName]
     best: dict[tuple[str, str], tuple[str, str]]  # its _best items: (mac, ip) -> (name, "dns")
     sni_seen: int  # the device's SNI count when none of these addresses had an SNI name
@@ -177,7 +177,7 @@ class NameBook:
         self._best: dict[tuple[str, str], tuple[str, str]] = {}  # (mac, ip) -> (name, source)
         self._sni: dict[str, int] = {}  # per device: addresses whose best name is an SNI
         self._changed: set[_NameKey] = set()
-        self._answers: dict[tuple[str, int], _Answer] = {}  # by (mac, id(pairs))
+        self._answers: dict[tuple[str, _Pairs], _Answer] = {}
         self._queued: list[_Answer] = []  # repeated since the entries were last read
 
     def pop_changed(self) -> list[EndpointName]:
@@ -190,18 +190,19 @@ class NameBook:
     def learn(self, mac: str, ip: str, name: str, source: str, ts: float) -> None:
         self._record(mac, ip, name.lower().rstrip("."), source, ts)
 
-    def learn_dns(self, mac: str, pairs: _Pairs, ts: float) -> None:
-        """:meth:`learn` for the ``(ip, name)`` pairs of one DNS answer, whose names are already
-        lower-case without a final dot (resolve_chain's): no normalising on the per-answer path
-        of a DNS-heavy capture. The same answer is best passed as the same tuple (a memo's)."""
-        ans = self._answers.get((mac, id(pairs)))
+    def learn_dns(self, mac: str, pairs: _Pairs, first: float, last: float) -> None:
+        """:meth:`learn` for the ``(ip, name)`` pairs of one DNS answer that the device received
+        from ``first`` to ``last`` (once, or repeated), whose names are already lower-case
+        without a final dot (resolve_chain's): no normalising on the per-answer path of a
+        DNS-heavy capture."""
+        ans = self._answers.get((mac, pairs))
         if ans is None:
-            self._first(mac, pairs, ts)
+            self._first(mac, pairs, first, last)
             return
-        if ts < ans.lo:
-            ans.lo = ts
-        if ts > ans.hi:
-            ans.hi = ts
+        if first < ans.lo:
+            ans.lo = first
+        if last > ans.hi:
+            ans.hi = last
         if not ans.queued:
             ans.queued = True
             self._queued.append(ans)
@@ -210,7 +211,7 @@ class NameBook:
         else:
             self._put_best(ans)
 
-    def _first(self, mac: str, pairs: _Pairs, ts: float) -> None:
+    def _first(self, mac: str, pairs: _Pairs, first: float, last: float) -> None:
         """An answer new to the device: its entries, then what a repeat does."""
         entries = self._entries
         ents: list[EndpointName] = []
@@ -218,19 +219,19 @@ class NameBook:
             key = (mac, ip, name, "dns")
             e = entries.get(key)
             if e is None:
-                e = entries[key] = EndpointName(mac, ip, name, "dns", ts, ts)
+                e = entries[key] = EndpointName(mac, ip, name, "dns", first, last)
             else:
-                if ts < e.first_seen:
-                    e.first_seen = ts
-                if ts > e.last_seen:
-                    e.last_seen = ts
+                if first < e.first_seen:
+                    e.first_seen = first
+                if last > e.last_seen:
+                    e.last_seen = last
             ents.append(e)
         best = {(mac, ip): (name, "dns") for ip, name in pairs}
-        ans = _Answer(mac, pairs, ents, best, -1, ts, ts, True)
+        ans = _Answer(mac, pairs, ents, best, -1, first, last, True)
         self._queued.append(ans)  # the entries are marked changed when read
         if len(self._answers) >= MAX_ANSWERS:
             self._answers.clear()  # the queue keeps those it holds: their times still count
-        self._answers[(mac, id(pairs))] = ans
+        self._answers[(mac, pairs)] = ans
         if self._sni.get(mac, 0) == 0:
             ans.sni_seen = 0
             self._best.update(best)

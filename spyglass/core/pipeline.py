@@ -25,7 +25,7 @@ from spyglass.core.frames import FrameBatch
 from spyglass.core.inventory import Inventory, NameBook, VendorLookup
 from spyglass.core.lan import LanClassifier
 from spyglass.core.models import Device, EndpointName, Flow, SeriesPoint, Upload
-from spyglass.core.prepare import Prepared, PrepSettings, prepare
+from spyglass.core.prepare import Prepared, Preparer, PrepSettings
 from spyglass.core.slowpath import SlowPath
 
 PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6", 2: "igmp", 50: "esp"}
@@ -66,6 +66,7 @@ class Pipeline:
             media_min=self.detector.config.min_payload,
             bins_per_s=round(1 / self.detector.config.bin_s),
         )
+        self._prepare = Preparer(self.prep_settings)
         self._flows: dict[int, Flow] = {}
         self._flow_keys: dict[int, FlowKey] = {}
         self._conn_keys: dict[int, ConnKey] = {}
@@ -80,7 +81,7 @@ class Pipeline:
         """Process one batch; returns the uploads that became final."""
         if len(batch) == 0:
             return []
-        return self.apply(prepare(batch, self.lan, self.prep_settings))
+        return self.apply(self._prepare(batch))
 
     def apply(self, p: Prepared) -> list[Upload]:
         """The stateful half of :meth:`feed`: one batch aggregated by :func:`prepare` (which
@@ -94,8 +95,7 @@ class Pipeline:
         st.non_ip += p.non_ip
         st.local_only += p.local_only
 
-        if len(p.slow_d):
-            self.slow.handle(p.slow_d, p.slow_batch, np.arange(len(p.slow_d), dtype=np.int64))
+        self.slow.handle(p.slow_d, p.slow_batch, p.slow_at, p.dns)
         self._learn_devices(p)
         done: list[Upload] = []
         if p.fl_hash.size:

@@ -15,9 +15,10 @@ import numpy as np
 
 from spyglass.core.aggregate import group, mix, run_sums, runs
 from spyglass.core.decode import decode
+from spyglass.core.dnsdigest import DnsDigest, DnsDigester
 from spyglass.core.frames import F64, I64, U8, U16, U64, B, Decoded, FrameBatch
 from spyglass.core.lan import LanClassifier
-from spyglass.core.slowpath import select_rows
+from spyglass.core.slowpath import dns_rows, select_rows
 
 _NO_MAC_TAG = np.uint64(1 << 63)  # device keys of raw-IP captures (no MAC): hash of the IP
 _MULTICAST = np.uint64(1)
@@ -44,9 +45,12 @@ class Prepared:
     local_only: int
     t_first: float
     t_last: float
-    # Slow-path rows only, with their whole frames copied into a small buffer of their own.
+    # Slow-path rows only, with their whole frames copied into a small buffer of their own; but
+    # DNS answers, summed up.
     slow_d: Decoded
     slow_batch: FrameBatch
+    slow_at: I64  # the rows of slow_d in the batch
+    dns: DnsDigest
     # Devices: one entry per (MAC, LAN IP) that sent IP from a LAN address.
     dev_mac: U64
     dev_hi: U64
@@ -133,18 +137,24 @@ def take_rows(d: Decoded, batch: FrameBatch, rows: I64) -> tuple[Decoded, FrameB
 
 
 class Preparer:
-    """:func:`prepare` with the LAN classifier built once."""
+    """:func:`prepare` with the LAN classifier built once, and the DNS answer memo kept from
+    batch to batch (of one process)."""
 
     def __init__(self, settings: PrepSettings) -> None:
         self.settings = settings
         self.lan = LanClassifier(list(settings.lan) if settings.lan else None)
+        self.dns = DnsDigester()
 
     def __call__(self, batch: FrameBatch) -> Prepared:
-        return prepare(batch, self.lan, self.settings)
+        return prepare(batch, self.lan, self.settings, self.dns)
 
 
-def prepare(batch: FrameBatch, lan: LanClassifier, settings: PrepSettings) -> Prepared:
-    """Aggregate one non-empty batch (see :class:`Prepared`)."""
+def prepare(
+    batch: FrameBatch, lan: LanClassifier, settings: PrepSettings,
+    dns: DnsDigester | None = None,
+) -> Prepared:
+    """Aggregate one non-empty batch (see :class:`Prepared`). ``dns`` remembers DNS answers
+    from earlier batches (a fresh one by default): the result is the same either way."""
     d = decode(batch)
     n = len(d)
     ip = (d.ipver > 0) & ~d.malformed
@@ -152,7 +162,11 @@ def prepare(batch: FrameBatch, lan: LanClassifier, settings: PrepSettings) -> Pr
     dst_local = lan.is_local(d.dst_hi, d.dst_lo)
     up = ip & src_local & ~dst_local
     arr = np.frombuffer(batch.buf, dtype=np.uint8)
-    slow_d, slow_batch = take_rows(d, batch, select_rows(d, arr, up))
+    rows = select_rows(d, arr, up)
+    is_dns = dns_rows(d, rows)
+    digest = (dns or DnsDigester()).digest(d, batch, rows[is_dns])
+    slow_at = rows[~is_dns]
+    slow_d, slow_batch = take_rows(d, batch, slow_at)
     r = _Runs(d, ip, src_local, dst_local, up, settings)
     ip_r = ip[r.heads]
     p = Prepared(
@@ -165,6 +179,8 @@ def prepare(batch: FrameBatch, lan: LanClassifier, settings: PrepSettings) -> Pr
         t_last=float(r.t_max.max()),
         slow_d=slow_d,
         slow_batch=slow_batch,
+        slow_at=slow_at,
+        dns=digest,
         dev_mac=_empty_u64(), dev_hi=_empty_u64(), dev_lo=_empty_u64(),
         dev_first=np.zeros(0), dev_last=np.zeros(0),
         fl_hash=_empty_u64(), fl_mac=_empty_u64(), fl_loc_hi=_empty_u64(),

@@ -1,7 +1,8 @@
 """The few packets whose payload is read: DNS, mDNS, DHCP, SSDP, TLS ClientHello, ARP.
 
-They are picked out of a decoded batch with array masks, then parsed one by one. A malformed
-payload is counted and sampled into the problems list; it never stops the capture.
+They are picked out of a decoded batch with array masks, then parsed one by one; DNS answers
+arrive already summed up per batch (:mod:`spyglass.core.dnsdigest`). A malformed payload is
+counted and sampled into the problems list; it never stops the capture.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from spyglass.core.decode import ip_str, mac_str
+from spyglass.core.dnsdigest import DnsDigest
 from spyglass.core.frames import (
     I64,
     LINKTYPE_ETHERNET,
@@ -25,7 +27,6 @@ from spyglass.core.proto import MalformedPayload
 from spyglass.core.proto.arp import parse_arp
 from spyglass.core.proto.dhcp import parse_dhcp
 from spyglass.core.proto.dns import parse_dns
-from spyglass.core.proto.dnsmemo import DnsAnswerMemo
 from spyglass.core.proto.mdns import MdnsInfo, mdns_info
 from spyglass.core.proto.ssdp import SsdpInfo, parse_ssdp
 from spyglass.core.proto.tls import client_hello_sni
@@ -36,7 +37,7 @@ _ARP_AT = {LINKTYPE_ETHERNET: 14, LINKTYPE_LINUX_SLL: 16, LINKTYPE_LINUX_SLL2: 2
 UDP, TCP = 17, 6
 MAX_SAMPLES = 20  # malformed-payload messages kept verbatim; the rest are only counted
 MEMO_SIZE = 4096  # parsed announcements remembered (by payload)
-KNOWN_SIZE = 16_384  # MAC strings, and (device, DNS questions) already told to the identifier
+KNOWN_SIZE = 16_384  # MAC strings, and (device, asked name) already told to the identifier
 
 
 @dataclass(slots=True)
@@ -45,7 +46,7 @@ class SlowPathStats:
     malformed: dict[str, int] = field(default_factory=dict)
     _samples: dict[str, list[float]] = field(default_factory=dict)  # message -> [first t, count]
 
-    def bad(self, kind: str, ts: float, err: Exception) -> None:
+    def bad(self, kind: str, ts: float, err: Exception | str) -> None:
         self.malformed[kind] = self.malformed.get(kind, 0) + 1
         msg = f"malformed {kind} payload: {str(err)[:100]}"
         seen = self._samples.get(msg)
@@ -65,8 +66,9 @@ class SlowPathStats:
 
 
 def select_rows(d: Decoded, arr: np.ndarray, up: np.ndarray) -> I64:
-    """Rows worth a payload parse. ``arr`` is the batch buffer as uint8, ``up`` the
-    device-to-internet mask (ClientHellos are only read going out)."""
+    """Rows worth a payload parse, DNS answers (:func:`dns_rows`) included. ``arr`` is the
+    batch buffer as uint8, ``up`` the device-to-internet mask (ClientHellos are only read
+    going out)."""
     udp = (d.proto == UDP) & ~d.malformed & (d.payload_cap > 0)
     sp, dp = d.sport, d.dport
     mask = udp & (
@@ -81,6 +83,12 @@ def select_rows(d: Decoded, arr: np.ndarray, up: np.ndarray) -> I64:
         hello = (arr[off] == 0x16) & (arr[off + 5] == 0x01)
         mask[rows[hello]] = True
     return np.flatnonzero(mask)
+
+
+def dns_rows(d: Decoded, rows: I64) -> np.ndarray:
+    """Which of the selected ``rows`` are DNS messages from a resolver (UDP from port 53)."""
+    out: np.ndarray = (d.proto[rows] == UDP) & (d.sport[rows] == 53)
+    return out
 
 
 def _remember[T](memo: dict[bytes, T], key: bytes, value: T) -> None:
@@ -98,32 +106,30 @@ class SlowPath:
         # The parsed objects are only read by the device identifier, so sharing them is safe.
         self._mdns_memo: dict[bytes, tuple[MdnsInfo | None] | MalformedPayload] = {}
         self._ssdp_memo: dict[bytes, SsdpInfo | MalformedPayload] = {}
-        # DNS answers repeat too, apart from their ids and TTLs.
-        self._dns_memo = DnsAnswerMemo()
         self._macs: dict[int, str] = {}
         # Telling a device's identifier a name again changes nothing (it keeps what matched
-        # first): the (device, questions) it was told are skipped.
-        self._asked: set[tuple[str, tuple[str, ...]]] = set()
+        # first): the (device, name) it was told are skipped.
+        self._asked: set[tuple[str, str]] = set()
 
-    def select(self, d: Decoded, arr: np.ndarray, up: np.ndarray) -> I64:
-        """See :func:`select_rows`."""
-        return select_rows(d, arr, up)
-
-    def handle(self, d: Decoded, batch: FrameBatch, rows: I64) -> None:
-        if not rows.size:
-            return
+    def handle(self, d: Decoded, batch: FrameBatch, at: I64, dg: DnsDigest) -> None:
+        """One batch's slow-path rows ``d`` (frames in ``batch``; ``at``: their rows in the
+        batch they came from, which holds no DNS answers: :func:`dns_rows`) and its DNS
+        answers, summed up where the batch was prepared. Evidence about devices is taken in
+        the order of the batch's rows."""
+        self._dns_names(dg)
+        events, k = dg.events, 0
         buf = batch.buf
         # The columns every row needs, as Python values in one go: indexing numpy arrays one
-        # element at a time costs more than the parse of a remembered DNS answer.
+        # element at a time costs more than the parse of a remembered announcement.
         cols = zip(
-            rows.tolist(), d.ts[rows].tolist(), d.ethertype[rows].tolist(),
-            d.proto[rows].tolist(), d.payload_off[rows].tolist(), d.payload_cap[rows].tolist(),
-            d.sport[rows].tolist(), d.dport[rows].tolist(), d.dst_mac[rows].tolist(), strict=True,
+            at.tolist(), d.ts.tolist(), d.ethertype.tolist(), d.proto.tolist(),
+            d.payload_off.tolist(), d.payload_cap.tolist(), d.sport.tolist(), d.dport.tolist(),
+            strict=True,
         )
-        for i, ts, ethertype, proto, off, cap, sp, dp, dst in cols:
-            if sp == 53 and proto == UDP:  # first: most rows of a DNS-heavy capture
-                self._dns_answer(dst, buf[off : off + cap], ts)
-                continue
+        for i, (row, ts, ethertype, proto, off, cap, sp, dp) in enumerate(cols):
+            while k < len(events) and events[k][0] < row:
+                self._dns_event(*events[k][1:])
+                k += 1
             if ethertype == ETH_ARP:
                 # The decoder stops at the link layer for ARP; find the ARP header ourselves.
                 link = _ARP_AT.get(int(batch.linktype[i]))
@@ -141,6 +147,30 @@ class SlowPath:
                 self._dhcp(payload, ts)
             else:
                 self._ssdp(d, i, payload, ts)
+        for _, mac_i, qname, first, last in events[k:]:
+            self._dns_event(mac_i, qname, first, last)
+
+    def _dns_names(self, dg: DnsDigest) -> None:
+        """The order-free part of a batch's DNS answers: counts, faults, names."""
+        if dg.parsed:
+            self.stats.parsed["dns"] = self.stats.parsed.get("dns", 0) + dg.parsed
+        for ts, fault in dg.malformed:
+            self.stats.bad("DNS", ts, fault)
+        mac_of, learn = self._mac, self.names.learn_dns
+        for mac_i, pairs, first, last in zip(dg.macs, dg.pairs, dg.first, dg.last, strict=True):
+            learn(mac_of(mac_i), pairs, first, last)  # the device that asked
+
+    def _dns_event(self, mac_i: int, qname: str | None, first: float, last: float) -> None:
+        """A device's first DNS answer of the batch (``qname`` None), or a name it asked for
+        that some identification rule matches."""
+        mac = self._mac(mac_i)
+        if qname is None:
+            self.inventory.touch(mac, first, last)
+        elif (mac, qname) not in self._asked:
+            self.inventory.identifier(mac, first).add_domain(qname, "dns")
+            if len(self._asked) >= KNOWN_SIZE:
+                self._asked.clear()
+            self._asked.add((mac, qname))
 
     # -- per protocol ------------------------------------------------------------------
     def _count(self, kind: str) -> None:
@@ -184,24 +214,6 @@ class SlowPath:
                 self._macs.clear()
             mac = self._macs[mac_i] = mac_str(mac_i)
         return mac
-
-    def _dns_answer(self, dst_mac: int, payload: bytes, ts: float) -> None:
-        facts = self._parse("DNS", self._dns_memo.facts, payload, ts)
-        if facts is None or not facts.is_response:
-            return
-        mac = self._mac(dst_mac)  # the device that asked
-        self.names.learn_dns(mac, facts.pairs, ts)
-        if facts.questions:
-            asked = (mac, facts.questions)
-            if asked in self._asked:
-                self.inventory.touch(mac, ts, ts)
-                return
-            ident = self.inventory.identifier(mac, ts)
-            for qname in facts.questions:
-                ident.add_domain(qname, "dns")
-            if len(self._asked) >= KNOWN_SIZE:
-                self._asked.clear()
-            self._asked.add(asked)
 
     def _mdns(self, d: Decoded, i: int, payload: bytes, ts: float) -> None:
         memo = self._mdns_memo.get(payload)

@@ -22,7 +22,7 @@ def both(steps: list[Step]) -> tuple[NameBook, NameBook]:
         for ip, name in pairs:
             one.learn(mac, ip, name, source, ts)
         if source == "dns":
-            bulk.learn_dns(mac, pairs, ts)
+            bulk.learn_dns(mac, pairs, ts, ts)
         else:
             for ip, name in pairs:
                 bulk.learn(mac, ip, name, source, ts)
@@ -90,7 +90,7 @@ def test_repeated_answers_say_what_one_learn_per_name_says(ops: list[Op], cap: i
                 for ip, name in pairs:
                     one.learn(MACS[m], ip, name, "dns", float(t))
                 # A copy: an equal answer that is not the same tuple (a memo that forgot it).
-                bulk.learn_dns(MACS[m], tuple(list(pairs)) if b else pairs, float(t))
+                bulk.learn_dns(MACS[m], tuple(list(pairs)) if b else pairs, float(t), float(t))
             elif kind == "sni":
                 for book in (one, bulk):
                     book.learn(MACS[m], IPS[a], NAMES[b], "sni", float(t))

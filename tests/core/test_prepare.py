@@ -23,10 +23,11 @@ from scapy.packet import Packet
 from spyglass.core.aggregate import group, mix
 from spyglass.core.capfile import open_capture
 from spyglass.core.decode import decode
+from spyglass.core.dnsdigest import DnsDigester
 from spyglass.core.frames import LINKTYPE_ETHERNET, LINKTYPE_RAW, FrameBatch
 from spyglass.core.lan import LanClassifier
 from spyglass.core.prepare import Prepared, PrepSettings, prepare, take_rows
-from spyglass.core.slowpath import select_rows
+from spyglass.core.slowpath import dns_rows, select_rows
 
 _S40 = np.uint64(40)
 
@@ -37,11 +38,15 @@ def _reference(batch: FrameBatch, lan: LanClassifier, s: PrepSettings) -> Prepar
     ip = (d.ipver > 0) & ~d.malformed
     sl, dl = lan.is_local(d.src_hi, d.src_lo), lan.is_local(d.dst_hi, d.dst_lo)
     up, down = ip & sl & ~dl, ip & ~sl & dl
-    slow_d, slow_batch = take_rows(d, batch, select_rows(d, np.frombuffer(batch.buf, np.uint8), up))
+    slow = select_rows(d, np.frombuffer(batch.buf, np.uint8), up)
+    is_dns = dns_rows(d, slow)
+    slow_d, slow_batch = take_rows(d, batch, slow[~is_dns])
+    dg = DnsDigester().digest(d, batch, slow[is_dns])
     e64, eu = np.zeros(0, np.int64), np.zeros(0, np.uint64)
     p = Prepared(
         len(d), int(d.wirelen.sum()), int(d.malformed.sum()), int((~ip).sum()),
         int((ip & sl & dl).sum()), float(d.ts.min()), float(d.ts.max()), slow_d, slow_batch,
+        slow[~is_dns], dg,
         eu, eu, eu, np.zeros(0), np.zeros(0),
         eu, eu, eu, eu, eu, eu, np.zeros(0, np.uint8), np.zeros(0, np.uint16), e64, e64, e64, e64,
         np.zeros(0), np.zeros(0), e64, e64, e64, e64, e64, e64, eu, e64, e64,
