@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from spyglass.core.endpoints import assistant_for_vendor
 from spyglass.core.identify import DeviceIdentifier, Identity
@@ -140,6 +141,7 @@ class Inventory:
 
 
 _NameKey = tuple[str, str, str, str]  # mac, ip, name, source
+_Span = list[float]  # [first seen, last seen] of one name entry
 _Pairs = tuple[tuple[str, str], ...]  # (ip, name) pairs of one DNS answer
 
 
@@ -149,7 +151,7 @@ class _Answer:
 
     mac: str
     pairs: _Pairs
-    entries: list[EndpointName]
+    spans: list[_Span]  # of its entries
     best: dict[tuple[str, str], tuple[str, str]]  # its _best items: (mac, ip) -> (name, "dns")
     sni_seen: int  # the device's SNI count when none of these addresses had an SNI name
     # Times not yet applied to the entries (which are then not yet marked changed either), and
@@ -173,19 +175,33 @@ class NameBook:
     """
 
     def __init__(self) -> None:
-        self._entries: dict[_NameKey, EndpointName] = {}
+        # The times of each entry; EndpointName objects are only made when the entries are read
+        # (a DNS-heavy capture learns tens of thousands).
+        self._entries: dict[_NameKey, _Span] = {}
         self._best: dict[tuple[str, str], tuple[str, str]] = {}  # (mac, ip) -> (name, source)
         self._sni: dict[str, int] = {}  # per device: addresses whose best name is an SNI
+        self._sni_keys: set[tuple[str, str]] = set()  # and those (mac, ip) themselves
         self._changed: set[_NameKey] = set()
+        # Answers settled since pop_changed: their entries changed too. Their keys are only
+        # made when asked for (a file's analysis never asks).
+        self._settled: list[_Answer] = []
         self._answers: dict[tuple[str, _Pairs], _Answer] = {}
         self._queued: list[_Answer] = []  # repeated since the entries were last read
 
     def pop_changed(self) -> list[EndpointName]:
         """Entries learned or seen again since the last call, for incremental writes."""
         self._settle()
-        out = [self._entries[k] for k in self._changed]
+        self._keys_of_settled()
+        entries = self._entries
+        out = [EndpointName(*k, *entries[k]) for k in self._changed]
         self._changed.clear()
         return out
+
+    def _keys_of_settled(self) -> None:
+        changed = self._changed
+        for ans in self._settled:
+            changed.update([(ans.mac, ip, name, "dns") for ip, name in ans.pairs])
+        self._settled.clear()
 
     def learn(self, mac: str, ip: str, name: str, source: str, ts: float) -> None:
         self._record(mac, ip, name.lower().rstrip("."), source, ts)
@@ -214,20 +230,20 @@ class NameBook:
     def _first(self, mac: str, pairs: _Pairs, first: float, last: float) -> None:
         """An answer new to the device: its entries, then what a repeat does."""
         entries = self._entries
-        ents: list[EndpointName] = []
+        spans: list[_Span] = []
         for ip, name in pairs:
             key = (mac, ip, name, "dns")
-            e = entries.get(key)
-            if e is None:
-                e = entries[key] = EndpointName(mac, ip, name, "dns", first, last)
+            sp = entries.get(key)
+            if sp is None:
+                sp = entries[key] = [first, last]
             else:
-                if first < e.first_seen:
-                    e.first_seen = first
-                if last > e.last_seen:
-                    e.last_seen = last
-            ents.append(e)
+                if first < sp[0]:
+                    sp[0] = first
+                if last > sp[1]:
+                    sp[1] = last
+            spans.append(sp)
         best = {(mac, ip): (name, "dns") for ip, name in pairs}
-        ans = _Answer(mac, pairs, ents, best, -1, first, last, True)
+        ans = _Answer(mac, pairs, spans, best, -1, first, last, True)
         self._queued.append(ans)  # the entries are marked changed when read
         if len(self._answers) >= MAX_ANSWERS:
             self._answers.clear()  # the queue keeps those it holds: their times still count
@@ -244,11 +260,11 @@ class NameBook:
         address wins, as in a loop)."""
         sni = self._sni.get(ans.mac, 0)
         if sni != ans.sni_seen:
-            best = self._best
-            if sni and any((b := best.get(k)) is not None and b[1] == "sni" for k in ans.best):
+            keep = self._sni_keys
+            if sni and not keep.isdisjoint(ans.best):
+                best = self._best
                 for bk, bv in ans.best.items():
-                    b = best.get(bk)
-                    if b is None or b[1] != "sni":
+                    if bk not in keep:
                         best[bk] = bv
                 return
             ans.sni_seen = sni
@@ -256,34 +272,36 @@ class NameBook:
 
     def _settle(self) -> None:
         """Apply the queued answers' times to their entries, and mark those changed."""
-        changed = self._changed
         for ans in self._queued:
             lo, hi = ans.lo, ans.hi
-            for e in ans.entries:
-                if lo < e.first_seen:
-                    e.first_seen = lo
-                if hi > e.last_seen:
-                    e.last_seen = hi
-            changed.update([(ans.mac, ip, name, "dns") for ip, name in ans.pairs])
+            for sp in ans.spans:
+                if lo < sp[0]:
+                    sp[0] = lo
+                if hi > sp[1]:
+                    sp[1] = hi
             ans.lo, ans.hi, ans.queued = math.inf, -math.inf, False
+        self._settled += self._queued
         self._queued.clear()
+        if len(self._settled) > 4 * MAX_ANSWERS:  # read often, never popped: stay bounded
+            self._keys_of_settled()
 
     def _record(self, mac: str, ip: str, name: str, source: str, ts: float) -> None:
         key = (mac, ip, name, source)
         self._changed.add(key)
-        e = self._entries.get(key)
-        if e is None:
-            self._entries[key] = EndpointName(mac, ip, name, source, ts, ts)
+        sp = self._entries.get(key)
+        if sp is None:
+            self._entries[key] = [ts, ts]
         else:
-            if ts < e.first_seen:
-                e.first_seen = ts
-            if ts > e.last_seen:
-                e.last_seen = ts
+            if ts < sp[0]:
+                sp[0] = ts
+            if ts > sp[1]:
+                sp[1] = ts
         best = self._best.get((mac, ip))
         # SNI names what the device actually connected to; it wins over a DNS answer.
         if best is None or source == "sni" or best[1] != "sni":
             if source == "sni" and (best is None or best[1] != "sni"):
                 self._sni[mac] = self._sni.get(mac, 0) + 1
+                self._sni_keys.add((mac, ip))
             self._best[(mac, ip)] = (name, source)
 
     def name_for(self, mac: str, ip: str) -> str | None:
@@ -292,4 +310,6 @@ class NameBook:
 
     def entries(self) -> list[EndpointName]:
         self._settle()
-        return sorted(self._entries.values(), key=lambda e: (e.device_mac, e.first_seen))
+        out = [EndpointName(*k, *sp) for k, sp in self._entries.items()]
+        out.sort(key=attrgetter("device_mac", "first_seen"))
+        return out
