@@ -7,6 +7,9 @@ opened by an older one) can tell the schema version without sqlite-utils.
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Iterator
+
 from sqlite_utils import Database, Migrations
 
 MIGRATIONS = Migrations("spyglass")
@@ -125,10 +128,32 @@ INSERT INTO settings (key, value) VALUES ('retention_days', '365');
 """
 
 
+def _statements(script: str) -> Iterator[str]:
+    """The script's statements, as sqlite-utils' executescript splits them inside a transaction.
+
+    It joins and tests the text so far at every character (6,600 joins for _SCHEMA_1: 40 % of
+    opening a new store, and the in-memory summary store pays it again). A statement can only
+    end at a ';', so testing there yields the same statements.
+    """
+    pending = ""
+    *pieces, last = script.split(";")
+    for piece in pieces:
+        pending += piece + ";"
+        statement = pending.strip()
+        if statement and sqlite3.complete_statement(statement):
+            yield statement
+            pending = ""
+    tail = (pending + last).strip()
+    if tail:
+        yield tail
+
+
 @MIGRATIONS()
 def m001_initial(db: Database) -> None:
-    # Runs inside the migration's transaction (sqlite-utils splits complete statements).
-    db.executescript(_SCHEMA_1)
+    # Runs inside the migration's transaction. The statements (and so the schema) are those
+    # db.executescript(_SCHEMA_1) ran; only the splitting is cheaper (tests/store check both).
+    for statement in _statements(_SCHEMA_1):
+        db.execute(statement)
 
 
 @MIGRATIONS()
