@@ -2,8 +2,10 @@
 
 ``ControlOps`` is a mixin of ``Agent`` (runner.py). The API's worker threads queue each op for
 the capture thread (``_call``), which runs them between batches (``_run_commands``): it owns the
-pipeline, the watch list, the capture filter and the store's writer. Intercept mode's start,
-the devices chosen through the API and the saved "watch" and "intercept" settings live here too.
+pipeline, the watch list, the capture filter and the store's writer. An op runs exactly when its
+caller is told it did: one the capture thread has not taken up in time is cancelled, never run.
+Intercept mode's start, the devices chosen through the API and the saved "watch" and "intercept"
+settings live here too.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import ipaddress
 import json
 import logging
 import queue
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -25,9 +28,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("spyglass.agent")
 
-# Choosing a device learns its MAC (0.6 s) and, for the first one, starts the restore watchdog
-# (which may take up to 10 s to report ready on a loaded machine).
-INTERCEPT_TIMEOUT_S = 20.0
+# How long an op may wait for the capture thread to take it up (it is cancelled after that).
+# Once taken up it runs to the end: choosing a device learns its MAC (0.6 s) and, for the first
+# one, starts the restore watchdog (up to 10 s on a loaded machine). Pick-up plus run stays under
+# the 30 s `spyglass intercept` waits for the answer.
+CONTROL_TIMEOUT_S = 5.0
+INTERCEPT_TIMEOUT_S = 10.0
 INTERCEPT_SETTING = "intercept"  # the devices chosen through the API: a JSON list of IPs
 WATCH_SETTING = "watch"  # the devices the user added: a JSON list of MACs
 
@@ -71,6 +77,40 @@ def _stored_choice(store: Store) -> list[str]:
     return list(dict.fromkeys(chosen))
 
 
+class Command:
+    """One control op on its way to the capture thread. It runs at most once, and only if its
+    caller still waits: ``take`` (capture thread) and ``cancel`` (caller) race under one lock,
+    so exactly one of them wins."""
+
+    __slots__ = ("fn", "ok", "value", "done", "_lock", "_state")
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.ok = False
+        self.value: Any = None
+        self.done = threading.Event()
+        self._lock = threading.Lock()
+        self._state = "queued"  # -> "taken" (it runs) or "cancelled" (it never will)
+
+    def take(self) -> bool:
+        with self._lock:
+            if self._state != "queued":
+                return False
+            self._state = "taken"
+            return True
+
+    def cancel(self) -> bool:
+        with self._lock:
+            if self._state != "queued":
+                return False
+            self._state = "cancelled"
+            return True
+
+    def finish(self, ok: bool, value: Any) -> None:
+        self.ok, self.value = ok, value
+        self.done.set()
+
+
 def set_verdict(store: Store, prm: dict[str, Any]) -> dict[str, Any]:
     store.set_verdict(prm["upload"], prm["verdict"])
     return {"upload": prm["upload"], "verdict": prm["verdict"]}
@@ -80,8 +120,8 @@ class ControlOps:
     """The agent's control ops and intercept state; ``Agent.__init__`` sets the attributes."""
 
     cfg: AgentConfig
-    # Work the API's worker threads hand to the capture thread: (function, reply box).
-    _commands: queue.Queue[tuple[Callable[[], Any], queue.Queue[Any]]]
+    # Work the API's worker threads hand to the capture thread.
+    _commands: queue.Queue[Command]
     _icpt: Interceptor | None
     _chosen: list[str]
     _narrowed: bool
@@ -94,32 +134,54 @@ class ControlOps:
         def _apply_filter(self, cap: Any, watch: WatchSet) -> None: ...
 
     # -- control ops (API worker threads → capture thread) --------------------------------
-    def _call(self, fn: Callable[[], Any], timeout_s: float = 5.0) -> Any:
-        box: queue.Queue[Any] = queue.Queue(maxsize=1)
-        self._commands.put((fn, box))
-        try:
-            ok, value = box.get(timeout=timeout_s)
-        except queue.Empty:
-            raise TimeoutError("the agent's capture loop did not answer in time") from None
-        if not ok:
-            raise value
-        return value
+    def _call(self, fn: Callable[[], Any], timeout_s: float = CONTROL_TIMEOUT_S) -> Any:
+        """Run ``fn`` on the capture thread and return its result. When the capture thread
+        does not take it up within ``timeout_s`` (the interface is gone, the store is slow),
+        the op is cancelled and TimeoutError says nothing was done; once taken up, the caller
+        waits for its outcome, whatever the time, as the op will happen."""
+        cmd = Command(fn)
+        self._commands.put(cmd)
+        if not cmd.done.wait(timeout_s):
+            if cmd.cancel():
+                raise TimeoutError(
+                    f"the agent's capture loop did not take the request within {timeout_s:g} s;"
+                    " nothing was changed, try again"
+                )
+            cmd.done.wait()
+        if not cmd.ok:
+            raise cmd.value
+        return cmd.value
 
     def _run_commands(self) -> None:
         while True:
             try:
-                fn, box = self._commands.get_nowait()
+                cmd = self._commands.get_nowait()
             except queue.Empty:
                 return
+            if not cmd.take():
+                continue  # its caller gave up on it and was told nothing was done
             try:
-                box.put((True, fn()))
+                cmd.finish(True, cmd.fn())
             except KeyError as e:  # an unknown upload id
-                box.put((False, ValueError(str(e).strip("'\""))))
+                cmd.finish(False, ValueError(str(e).strip("'\"")))
             except (ValueError, StoreError) as e:
-                box.put((False, ValueError(str(e))))
+                cmd.finish(False, ValueError(str(e)))
             except Exception as e:  # noqa: BLE001 - a bug in one op must not end the capture
                 log.exception("control op failed")
-                box.put((False, e))  # the API answers it as an internal error
+                cmd.finish(False, e)  # the API answers it as an internal error
+            except BaseException as e:
+                cmd.finish(False, RuntimeError(f"the agent stopped during the request: {e!r}"))
+                raise
+
+    def _cancel_commands(self) -> None:
+        """The capture loop has ended: what is still queued will never run; say so at once."""
+        while True:
+            try:
+                cmd = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if cmd.cancel():
+                cmd.finish(False, RuntimeError("the agent is stopping; nothing was changed"))
 
     def _watch(
         self, store: Store, watch: WatchSet, cap: Any, prm: dict[str, Any]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spyglass.adapters.oui import vendor_for_mac
-from spyglass.agent.controls import WATCH_SETTING, ControlOps, set_verdict
+from spyglass.agent.controls import WATCH_SETTING, Command, ControlOps, set_verdict
 from spyglass.agent.server import AgentServer, StoreBackend
 from spyglass.agent.watch import WatchSet, attach_filter
 from spyglass.api.convert import device_to_dict, upload_to_dict
@@ -125,8 +125,8 @@ class Agent(ControlOps):
         }
         self.server: AgentServer | None = None
         # Work the API's worker threads hand to the capture thread (which owns the pipeline,
-        # the watch list and the store's writer): (function, reply box).
-        self._commands: queue.Queue[tuple[Callable[[], Any], queue.Queue[Any]]] = queue.Queue()
+        # the watch list and the store's writer).
+        self._commands: queue.Queue[Command] = queue.Queue()
         self._announced_starts: set[tuple[str, str, str, int, int]] = set()
         self._shed_series = 0  # per-second points dropped while the store was down, this run
         # mac -> fingerprint of the record last stored: rewriting every device each second
@@ -269,6 +269,7 @@ class Agent(ControlOps):
                     )
         finally:
             self._set(state="stopping")
+            self._cancel_commands()
             pending.uploads.extend(pipe.flush())
             pending.add_series(pipe.drain_series(final=True))
             self._write(store, capture_id, pipe, pending)

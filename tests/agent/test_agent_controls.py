@@ -1,0 +1,116 @@
+"""The control ops (watch, verdict, intercept) on their way from the API to the capture thread:
+an op runs exactly when its caller is told it did, also when the capture loop is busy or away.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spyglass.agent.runner import Agent, AgentConfig
+from spyglass.api.client import AgentClient, AgentError
+from spyglass.store.db import Store
+from tests.agent.test_agent_faults import stop, wait_for
+from tests.agent.test_agent_live import SPEAKER_MAC, start_agent
+from tests.netlab.lan import GATEWAY_LAN_IF, HomeLan, lan_or_skip
+
+LATE_MAC = "02:00:00:00:00:71"  # watched while the capture loop was away
+SYNC_MAC = "02:00:00:00:00:72"
+
+
+@pytest.fixture
+def lab() -> Iterator[HomeLan]:
+    with lan_or_skip() as lan:
+        lan.run(lan.speaker, "ip", "link", "set", "dev", "eth0", "address", SPEAKER_MAC)
+        yield lan
+
+
+def test_an_op_not_taken_up_in_time_never_runs() -> None:
+    agent = Agent(AgentConfig(interface="lo"))  # its capture loop is not running
+    ran: list[str] = []
+    with pytest.raises(TimeoutError, match="nothing was changed"):
+        agent._call(lambda: ran.append("watch"), timeout_s=0.05)
+    agent._run_commands()  # the loop comes back: the op its caller gave up on stays undone
+    assert ran == []
+    # The next op goes through as usual once the loop runs.
+    done: list[Any] = []
+    caller = threading.Thread(target=lambda: done.append(agent._call(lambda: "ok", 30.0)))
+    caller.start()
+    while caller.is_alive():
+        agent._run_commands()
+        caller.join(0.01)
+    assert done == ["ok"] and ran == []
+
+
+def test_an_op_taken_up_in_time_answers_with_its_outcome_however_long_it_runs() -> None:
+    agent = Agent(AgentConfig(interface="lo"))
+    halt = threading.Event()
+
+    def capture_loop() -> None:
+        while not halt.is_set():
+            agent._run_commands()
+            time.sleep(0.005)
+
+    loop = threading.Thread(target=capture_loop)
+    loop.start()
+    started, release = threading.Event(), threading.Event()
+
+    def slow_op() -> str:
+        started.set()
+        release.wait()
+        return "intercepting"
+
+    outcome: list[Any] = []
+
+    def caller() -> None:
+        try:
+            outcome.append(agent._call(slow_op, timeout_s=1.0))
+        except Exception as exc:  # noqa: BLE001 - what the API would have answered
+            outcome.append(exc)
+
+    t = threading.Thread(target=caller)
+    t.start()
+    try:
+        assert started.wait(30)
+        time.sleep(1.5)  # the caller's time is up while the op runs: it happens all the same
+        release.set()
+        t.join(30)
+        assert outcome == ["intercepting"]
+    finally:
+        release.set()
+        halt.set()
+        loop.join()
+        t.join()
+
+
+@pytest.mark.root
+def test_a_watch_that_timed_out_while_the_interface_was_gone_is_not_applied_later(
+    lab: HomeLan, tmp_path: Path
+) -> None:
+    proc, sock = start_agent(lab, tmp_path)
+    lab.delete_link(lab.gateway, GATEWAY_LAN_IF)  # the capture thread now waits for it
+    with AgentClient(str(sock), timeout=30) as c:
+        wait_for(lambda: [p for p in c.status()["problems"] if p["kind"] == "interface"], 10,
+                 "the vanished interface reported")  # fmt: skip
+        with pytest.raises(AgentError, match="nothing was changed"):
+            c.watch(LATE_MAC)
+        assert LATE_MAC not in c.status()["watched"]
+        # It comes back (a new veth by the same name): the capture loop resumes.
+        lab.run(lab.gateway, "ip", "link", "add", GATEWAY_LAN_IF, "type", "veth", "peer", "name",
+                "back0")  # fmt: skip
+        for ifname in (GATEWAY_LAN_IF, "back0"):
+            lab.run(lab.gateway, "ip", "link", "set", ifname, "up")
+        wait_for(lambda: not [p for p in c.status()["problems"] if p["kind"] == "interface"],
+                 15, "the capture resumed")  # fmt: skip
+        # Ops run in order: once this one is done, the one that timed out would have run.
+        assert c.watch(SYNC_MAC) == {"device": SYNC_MAC, "watched": True}
+        watched = c.status()["watched"]
+        assert SYNC_MAC in watched and LATE_MAC not in watched
+    stop(proc)
+    with Store.open(tmp_path / "agent.db") as store:
+        assert store.get_setting("watch") == f'["{SYNC_MAC}"]'
