@@ -192,8 +192,12 @@ class ControlOps:
             changed = False  # still intercepted: its traffic stays watched
             watch.add(mac)
         store.set_setting(WATCH_SETTING, json.dumps(sorted(watch.added)))
-        if changed:
+        if changed and self._narrowed:
             self._apply_filter(cap, watch)
+        else:
+            # In the discovery window everything is captured until it ends (devices that
+            # have not spoken yet must not be missed); it then narrows to this list.
+            self._set(watched=sorted(watch.macs()))
         return {"device": mac, "watched": mac in watch.macs()}
 
     def _sweep(self) -> dict[str, Any]:

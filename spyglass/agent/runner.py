@@ -212,7 +212,8 @@ class Agent(ControlOps):
             ", ".join(lan),
             cfg.socket_path,
         )
-        self._set(state="capturing", started=time.time())
+        started = time.time()
+        self._set(state="capturing", started=started, discovery_until=started + DISCOVERY_WINDOW_S)
         pending = _Pending()
         next_write = time.monotonic() + WRITE_EVERY_S
         store_ok = True
@@ -235,9 +236,12 @@ class Agent(ControlOps):
                 if done and store_ok:
                     next_write = 0.0  # an upload is news: store and announce it now
                 if narrow_at is not None and time.monotonic() >= narrow_at:
+                    # The window runs its full length whatever watch ops came meanwhile: the
+                    # watch list as it is now takes effect here.
                     narrow_at = None
                     self._narrowed = True
                     self._apply_filter(cap, watch)
+                    self._set(discovery_until=None)
                 self._events(pipe, watch, cap, narrowed=narrow_at is None)
                 now = time.monotonic()
                 if now >= next_write:

@@ -12,15 +12,19 @@ from typing import Any
 
 import pytest
 
-from spyglass.agent.runner import Agent, AgentConfig
+from spyglass.agent.runner import DISCOVERY_WINDOW_S, Agent, AgentConfig
 from spyglass.api.client import AgentClient, AgentError
 from spyglass.store.db import Store
-from tests.agent.test_agent_faults import stop, wait_for
+from tests.agent.test_agent_faults import SINK, ipv4, mac_of, send_raw, stop, udp, wait_for
 from tests.agent.test_agent_live import SPEAKER_MAC, start_agent
 from tests.netlab.lan import GATEWAY_LAN_IF, HomeLan, lan_or_skip
 
 LATE_MAC = "02:00:00:00:00:71"  # watched while the capture loop was away
 SYNC_MAC = "02:00:00:00:00:72"
+# Hosts that send nothing but UDP to a port no discovery filter admits.
+EARLY_MAC = "02:00:00:00:00:81"  # speaks in the discovery window, never watched
+AFTER_MAC = "02:00:00:00:00:82"  # speaks after it, never watched
+CHOSEN_MAC = "02:00:00:00:00:83"  # watched by the user in the window, speaks after it
 
 
 @pytest.fixture
@@ -114,3 +118,39 @@ def test_a_watch_that_timed_out_while_the_interface_was_gone_is_not_applied_late
     stop(proc)
     with Store.open(tmp_path / "agent.db") as store:
         assert store.get_setting("watch") == f'["{SYNC_MAC}"]'
+
+
+def udp_from(lab: HomeLan, mac: str, count: int = 20) -> list[bytes]:
+    """Frames from ``mac`` (10.77.0.<its last byte>) to a blackholed address via the gateway."""
+    dst = mac_of(lab, lab.gateway, GATEWAY_LAN_IF)
+    src = bytes.fromhex(mac.replace(":", ""))
+    ip = f"10.77.0.{src[-1]}"
+    return [dst + src + b"\x08\x00" + ipv4(ip, SINK, 17, udp(40000, 7777, b"x" * 64))
+            for _ in range(count)]  # fmt: skip
+
+
+@pytest.mark.root
+def test_a_watch_in_the_discovery_window_does_not_end_it(lab: HomeLan, tmp_path: Path) -> None:
+    proc, sock = start_agent(lab, tmp_path)
+    lab.run(lab.gateway, "ip", "route", "add", "blackhole", f"{SINK}/32")
+    with AgentClient(str(sock), timeout=30) as c:
+
+        def devices() -> set[str]:
+            return {d.mac for d in c.devices()}
+
+        assert c.watch(CHOSEN_MAC) == {"device": CHOSEN_MAC, "watched": True}
+        st = c.status()
+        assert CHOSEN_MAC in st["watched"]  # the choice shows at once...
+        assert st["discovery_until"] is not None, "the test came after the window"
+        # ...and the window goes on capturing everything: a host nobody watches is still seen.
+        assert send_raw(lab, udp_from(lab, EARLY_MAC), 0.2) == 20
+        wait_for(lambda: EARLY_MAC in devices(), 10, "the unwatched host seen in the window")
+        # When the window ends the capture narrows to the watched devices, the choice included.
+        wait_for(lambda: c.status()["discovery_until"] is None, DISCOVERY_WINDOW_S + 20,
+                 "the discovery window's end")  # fmt: skip
+        assert send_raw(lab, udp_from(lab, AFTER_MAC), 0.2) == 20
+        assert send_raw(lab, udp_from(lab, CHOSEN_MAC), 0.2) == 20
+        wait_for(lambda: CHOSEN_MAC in devices(), 10, "the watched host seen")
+        assert AFTER_MAC not in devices()  # it spoke first, and was filtered out
+        assert CHOSEN_MAC in c.status()["watched"]
+    stop(proc)
