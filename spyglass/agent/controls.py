@@ -305,7 +305,7 @@ class ControlOps:
             # Restores its true ARP entries at once (corrections go out over the next 2 s).
             # Un-choosing the last device leaves the interceptor running with none: the reply
             # comes at once, and the next choice needs no new watchdog; forwarding and the
-            # sysctls are put back when the agent stops.
+            # sysctls are put back once the corrections are out, and set at the next choice.
             try:
                 icpt.remove(ip)
             except OSError as e:  # the watchdog's state file; the restore itself goes ahead

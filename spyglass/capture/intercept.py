@@ -9,6 +9,10 @@ anything it refuses to start when another host already intercepts the router or 
 Poisoning is unicast ARP replies every ``period_s`` (2 s), plus an immediate answer when a
 target asks for the router (or the router for a target), so a re-ARP does not slip past us.
 
+Forwarding (and the redirect sysctls) are on exactly while some device is intercepted: when the
+last one is removed they go back to their old values once its corrections are out, and they are
+set again when a device is added. The watchdog's state file always holds what is in force.
+
 The steps before the first poisoned frame live beside this module: spyglass.capture.preflight
 (on-link checks, true MACs, conflicts; and the errors) and spyglass.capture.forwarding (sysctls).
 """
@@ -111,7 +115,8 @@ class Interceptor:
         self._seq = itertools.count()
         self._sock: ArpSocket | None = None
         self._router_mac: str | None = None
-        self._sysctls: dict[str, str] = {}
+        self._sysctls: dict[str, str] = {}  # old values of the knobs we changed
+        self._forwarding = False  # our sysctls are in force (off while no device is chosen)
         self._watchdog: subprocess.Popen[bytes] | None = None
         self._worker: threading.Thread | None = None
         self._halt = threading.Event()
@@ -162,13 +167,21 @@ class Interceptor:
                 self._wanted.append(ip)
                 self._restoring.pop(ip, None)
                 self._active[ip] = mac
+                try:
+                    self._forwarding_on()  # after an idle spell: before the first frame
+                except BaseException:
+                    self._wanted.remove(ip)
+                    del self._active[ip]
+                    self._write_state()
+                    raise
                 self._write_state()
             assert self._router_mac is not None
             sock.send_all(poison_frames(sock.mac, self.router_ip, self._router_mac, ip, mac))
 
     def remove(self, target_ip: str) -> None:
         """Stop intercepting ``target_ip`` and restore its entries at once (corrections go out
-        over the next 2 s). Unknown addresses are ignored."""
+        over the next 2 s; after the last device's, the sysctls are put back too). Unknown
+        addresses are ignored."""
         ip = _ipv4(target_ip, "device address")
         with self._life:
             if ip in self._wanted:
@@ -227,6 +240,7 @@ class Interceptor:
             with self._lock:
                 self._active.clear()
                 self._restoring.clear()
+                self._forwarding = False
                 # The watchdog retries what failed here once this process is gone.
                 self._write_state(clean=not problems, targets=pairs)
             for problem in problems:
@@ -279,6 +293,7 @@ class Interceptor:
                 cleanup=self._own_state_dir is not None,
             )
         in_netns(self._netns_fd, lambda: apply_sysctls(self.ifname, self._sysctls))
+        self._forwarding = True
         self._running = True
         self._worker = threading.Thread(target=self._run, name="spyglass-intercept", daemon=True)
         self._worker.start()
@@ -286,6 +301,7 @@ class Interceptor:
 
     def _undo_start(self) -> None:
         self._running = False
+        self._forwarding = False
         self._halt.set()
         with contextlib.suppress(OSError):
             in_netns(self._netns_fd, lambda: restore_sysctls(self._sysctls))
@@ -343,6 +359,7 @@ class Interceptor:
     def _run_due(self, sock: ArpSocket, now: float) -> None:
         assert self._router_mac is not None
         while True:
+            last = False
             with self._lock:
                 if not self._schedule or self._schedule[0][0] > now:
                     return
@@ -357,7 +374,45 @@ class Interceptor:
                     if kind == "restore-last":
                         del self._restoring[ip]
                         self._write_state()
+                        last = True
             sock.send_all(frames)
+            if last:
+                self._forwarding_off()
+
+    # -- the sysctls while running -------------------------------------------------------------
+
+    def _forwarding_on(self) -> None:
+        """Set the sysctls again after an idle spell (with ``_lock`` held). Their old values
+        are read now (someone may have changed them meanwhile) and saved before any changes."""
+        if self._forwarding:
+            return
+        self._sysctls = in_netns(self._netns_fd, lambda: planned_sysctls(self.ifname))
+        self._write_state()
+        try:
+            in_netns(self._netns_fd, lambda: apply_sysctls(self.ifname, self._sysctls))
+        except BaseException:
+            if not in_netns(self._netns_fd, lambda: restore_sysctls(self._sysctls)):
+                self._sysctls = {}
+            raise
+        self._forwarding = True
+        log.info("intercept: forwarding on again on %s", self.ifname)
+
+    def _forwarding_off(self) -> None:
+        """No device is intercepted and the last corrections are out: put the sysctls back
+        (forwarding stayed on until now, so the device lost nothing meanwhile)."""
+        with self._lock:
+            if self._active or self._restoring or not self._forwarding or not self._running:
+                return
+            problems = in_netns(self._netns_fd, lambda: restore_sysctls(self._sysctls))
+            if problems:
+                # They stay saved in the state: stop() (or the watchdog) tries again.
+                for problem in problems:
+                    log.error("intercept: could not restore %s", problem)
+                return
+            self._forwarding = False
+            self._sysctls = {}
+            self._write_state()  # only now: a kill in between restores the same values again
+        log.info("intercept: no device chosen, forwarding settings restored on %s", self.ifname)
 
     def _react(self, sock: ArpSocket, a: ArpInfo, eth_src: str) -> None:
         assert self._router_mac is not None

@@ -126,9 +126,12 @@ def test_choose_and_unchoose_at_runtime(
             c.intercept(NOBODY_IP)
         assert c.intercept(SPEAKER_IP) == {"device": SPEAKER_IP, "intercepting": [SPEAKER_IP]}
 
-        # Un-chosen: both caches hold the true MACs again while the agent runs on.
+        # Un-chosen: both caches hold the true MACs again while the agent runs on, and with
+        # nothing left to intercept, forwarding is off again.
+        assert lan.sysctl(lan.spy, "net.ipv4.ip_forward") == "1"
         assert c.intercept(SPEAKER_IP, on=False) == {"device": SPEAKER_IP, "intercepting": []}
         assert wait_for(lambda: true_entries(lan, SPEAKER_IP, SPEAKER_MAC, lan.speaker))
+        assert wait_for(lambda: lan.sysctl(lan.spy, "net.ipv4.ip_forward") == "0")
         assert proc.poll() is None
         st = c.status()
         assert st["state"] == "capturing" and st["intercepting"] == []

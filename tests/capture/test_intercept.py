@@ -466,6 +466,76 @@ def test_the_watchdog_restores_after_sigkill(fresh: FlatLan, tmp_path: Path) -> 
         stop_agent(agent, watchdog)
 
 
+CHOOSING_AGENT = AGENT.replace(
+    "while True:\n    time.sleep(1)\n",
+    # "add IP" / "remove IP" from stdin, as the agent's intercept op does.
+    "for line in sys.stdin:\n    verb, ip = line.split()\n    getattr(it, verb)(ip)\n"
+    "    print('done', flush=True)\n",
+)
+assert CHOOSING_AGENT != AGENT
+FORWARDING = {
+    "net.ipv4.ip_forward": "1",
+    "net.ipv4.conf.all.send_redirects": "0",
+    f"net.ipv4.conf.{IF}.send_redirects": "0",
+    "net.ipv4.conf.all.accept_redirects": "0",
+}
+SAVED = {  # what the state file says to put back while they are in force
+    "net/ipv4/ip_forward": "0",
+    "net/ipv4/conf/all/send_redirects": "1",
+    f"net/ipv4/conf/{IF}/send_redirects": "1",
+    "net/ipv4/conf/all/accept_redirects": "1",
+}
+
+
+@pytest.mark.root
+def test_forwarding_is_off_while_no_device_is_chosen(fresh: FlatLan, tmp_path: Path) -> None:
+    lan = fresh
+    script = tmp_path / "agent.py"
+    script.write_text(CHOOSING_AGENT)
+    state = tmp_path / "state.json"
+    agent = lan.popen(lan.spy, sys.executable, str(script), ROUTER_IP, SPEAKER_IP, str(state),
+                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                      cwd=REPO)  # fmt: skip
+    assert agent.stdin is not None and agent.stdout is not None
+    line = agent.stdout.readline().split()
+    assert line[:1] == ["running"], line
+    watchdog = int(line[1])
+
+    def tell(verb: str) -> None:
+        assert agent.stdin is not None and agent.stdout is not None
+        agent.stdin.write(f"{verb} {SPEAKER_IP}\n")
+        agent.stdin.flush()
+        assert agent.stdout.readline() == "done\n"
+
+    try:
+        assert wait_for(lambda: poisoned(lan)), entries(lan)
+        assert spy_sysctls(lan) == FORWARDING and read_state(state).sysctls == SAVED
+        # The last device un-chosen: true entries first, then the sysctls as they were.
+        tell("remove")
+        assert wait_for(lambda: true_entries(lan), 3), entries(lan)
+        assert wait_for(lambda: spy_sysctls(lan) == SYSCTLS, 5), spy_sysctls(lan)
+        idle = read_state(state)
+        assert (idle.targets, idle.sysctls, idle.clean) == ({}, {}, False)
+        assert not pid_gone(watchdog)  # it stays for the next choice
+        # Chosen again: forwarding is on before the answer, and saved for the watchdog.
+        tell("add")
+        assert spy_sysctls(lan) == FORWARDING
+        again = read_state(state)
+        assert (again.targets, again.sysctls) == ({SPEAKER_IP: SPEAKER_MAC}, SAVED)
+        assert wait_for(lambda: poisoned(lan)), entries(lan)
+        assert lan.tcp_echo(lan.speaker, ROUTER_IP, ECHO_PORT, b"through") == b"through"
+        # Killed outright now: the watchdog still puts everything back.
+        agent.kill()
+        agent.wait()
+        assert wait_for(lambda: true_entries(lan), 3.5), entries(lan)
+        assert wait_for(lambda: spy_sysctls(lan) == SYSCTLS, 3), spy_sysctls(lan)
+        assert wait_for(lambda: pid_gone(watchdog), 3)
+        assert read_state(state).restored_by == "watchdog"
+    finally:
+        agent.stdin.close()
+        stop_agent(agent, watchdog)
+
+
 @pytest.mark.root
 def test_refuses_when_another_spyglass_intercepts(fresh: FlatLan) -> None:
     lan = fresh
