@@ -1,0 +1,122 @@
+"""Bulk writes (many rows per statement) store exactly what one row per statement stored."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spyglass.core.models import EndpointName, Flow, SeriesPoint
+from spyglass.store import writes
+from spyglass.store.db import Store
+from spyglass.store.sql import FLOWS, NAMES, SERIES
+
+MACS = ("aa:bb:cc:00:00:01", "aa:bb:cc:00:00:02")
+IPS = ("10.0.0.1", "10.0.0.2", "52.1.2.3")
+T0 = 1_700_000_000
+
+
+# Small key spaces, so rows repeat a key within one statement and across batches.
+def make_names(rnd: random.Random, n: int) -> list[EndpointName]:
+    return [
+        EndpointName(
+            rnd.choice(MACS), rnd.choice(IPS), rnd.choice(("a.example", "b.example")),
+            rnd.choice(("dns", "sni")), T0 + rnd.random() * 10, T0 + 10 + rnd.random() * 10,
+        )
+        for _ in range(n)
+    ]
+
+
+def make_flows(rnd: random.Random, n: int) -> list[Flow]:
+    return [
+        Flow(
+            rnd.choice(MACS), rnd.choice(IPS), rnd.choice(("tcp", "udp")), rnd.choice((53, 443)),
+            rnd.randrange(10), rnd.randrange(1000), rnd.randrange(10), rnd.randrange(1000),
+            T0 + rnd.random() * 10, T0 + 10 + rnd.random() * 10,
+            rnd.choice((None, "a.example", "b.example")),
+        )
+        for _ in range(n)
+    ]
+
+
+def make_series(rnd: random.Random, n: int) -> list[SeriesPoint]:
+    return [
+        SeriesPoint(
+            rnd.choice(MACS), rnd.choice(IPS), T0 + rnd.randrange(30), rnd.randrange(1000),
+            rnd.randrange(1000), rnd.randrange(10), rnd.randrange(10),
+        )
+        for _ in range(n)
+    ]
+
+
+def rows_of(table: str, conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+    # imported_at is the clock's, the rest must be equal.
+    cols = "id, kind, path, first_ts, last_ts" if table == "captures" else "*"
+    return sorted(conn.execute(f"SELECT {cols} FROM {table}").fetchall(), key=repr)
+
+
+def write_one_by_one(
+    store: Store, cid: int, ns: list[EndpointName], fs: list[Flow], ps: list[SeriesPoint]
+) -> None:
+    """What write_live stored with one executemany row per statement (before bulk writes)."""
+    with store.db.atomic():
+        conn = store.db.conn
+        macs = [(m,) for m in {x.device_mac for x in [*fs, *ps]}]
+        conn.executemany("INSERT OR IGNORE INTO devices (mac) VALUES (?)", macs)
+        conn.executemany(
+            NAMES.one, [(n.device_mac, n.ip, n.name, n.source, n.first_seen, n.last_seen)
+                        for n in ns]
+        )
+        conn.executemany(
+            FLOWS.one,
+            [
+                (cid, f.device_mac, f.remote_ip, f.proto, f.remote_port, f.remote_name,
+                 f.packets_up, f.bytes_up, f.packets_down, f.bytes_down, f.first_seen,
+                 f.last_seen)
+                for f in fs
+            ],
+        )
+        conn.executemany(
+            SERIES.one,
+            [
+                (p.device_mac, p.second, p.remote_ip, cid, p.bytes_up, p.bytes_down,
+                 p.packets_up, p.packets_down)
+                for p in ps
+            ],
+        )
+        if ps:
+            conn.execute(
+                "UPDATE captures SET first_ts = MIN(COALESCE(first_ts, :a), :a), "
+                "last_ts = MAX(COALESCE(last_ts, :b), :b) WHERE id = :id",
+                {"a": min(p.second for p in ps), "b": max(p.second for p in ps) + 1, "id": cid},
+            )
+
+
+# Up to a few whole chunks and a remainder, per table and batch.
+sizes = st.lists(st.integers(0, 3 * writes.CHUNK_ROWS + 7), min_size=6, max_size=6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32), n=sizes)
+def test_live_batches_match_one_row_per_statement(seed: int, n: list[int]) -> None:
+    rnd = random.Random(seed)
+    with Store.memory() as bulk, Store.memory() as ref:
+        cid = bulk.live_capture("eth0")
+        assert ref.live_capture("eth0") == cid
+        for i in (0, 3):  # the second batch meets the first one's rows
+            ns = make_names(rnd, n[i])
+            fs = make_flows(rnd, n[i + 1])
+            ps = make_series(rnd, n[i + 2])
+            bulk.write_live(cid, names=ns, flows=fs, series=ps)
+            write_one_by_one(ref, cid, ns, fs, ps)
+        for table in ("endpoint_names", "flows", "series", "devices", "captures"):
+            assert rows_of(table, bulk.db.conn) == rows_of(table, ref.db.conn), table
+
+
+def test_statement_sizes() -> None:
+    assert NAMES.rows(3).count("(?,?,?,?,?,?)") == 3
+    assert NAMES.one.count("?") == NAMES.width
+    assert SERIES.rows(writes.CHUNK_ROWS).count("?") == writes.CHUNK_ROWS * SERIES.width
