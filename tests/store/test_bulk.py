@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 from spyglass.core.models import EndpointName, Flow, SeriesPoint
 from spyglass.store import writes
-from spyglass.store.db import Store
+from spyglass.store.db import CaptureSource, Store
 from spyglass.store.sql import FLOWS, NAMES, SERIES
+from tests.store.helpers import result, upload
 
 MACS = ("aa:bb:cc:00:00:01", "aa:bb:cc:00:00:02")
 IPS = ("10.0.0.1", "10.0.0.2", "52.1.2.3")
@@ -120,3 +121,32 @@ def test_statement_sizes() -> None:
     assert NAMES.rows(3).count("(?,?,?,?,?,?)") == 3
     assert NAMES.one.count("?") == NAMES.width
     assert SERIES.rows(writes.CHUNK_ROWS).count("?") == writes.CHUNK_ROWS * SERIES.width
+
+
+def test_many_uploads_keep_ids_and_verdicts_on_reimport() -> None:
+    src = CaptureSource(path="/tmp/u.pcap", fingerprint="u" * 64, size=1)
+    first = [upload(T0 + i) for i in range(2 * writes.CHUNK_ROWS + 30)]
+    first.append(upload(T0 + 5, nbytes=99))  # same key as an earlier one: it replaces it
+    with Store.memory() as s:
+        r = result()
+        r.uploads = first
+        s.record_analysis(src, r)
+        stored = s.uploads()
+        assert len(stored) == len(first) - 1
+        assert {u.start: u.bytes_up for u in stored}[T0 + 5] == 99
+        ids = {u.start: u.id for u in stored}
+        s.set_verdict(ids[T0 + 8], "me")
+        # Found again: the even ones and new ones; the odd ones are no longer found.
+        r.uploads = [upload(T0 + i) for i in range(0, 2 * writes.CHUNK_ROWS + 30, 2)]
+        r.uploads += [upload(T0 + 10_000 + i) for i in range(3)]
+        s.record_analysis(src, r)
+        again = s.uploads()
+        assert sorted(u.start for u in again) == sorted(u.start for u in r.uploads)
+        for u in again:
+            if u.start < T0 + 10_000:
+                assert u.id == ids[u.start]
+        r.uploads = r.uploads[:5]
+        s.record_analysis(src, r)
+        assert [(u.start, u.verdict) for u in s.uploads()] == [
+            (T0 + i, "me" if i == 8 else None) for i in range(0, 10, 2)
+        ]
