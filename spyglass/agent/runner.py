@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from spyglass.adapters.oui import vendor_for_mac
 from spyglass.agent.controls import WATCH_SETTING, Command, ControlOps, set_verdict
 from spyglass.agent.server import AgentServer, StoreBackend
-from spyglass.agent.watch import WatchSet, attach_filter
+from spyglass.agent.watch import WatchSet
 from spyglass.api.convert import device_to_dict, upload_to_dict
 from spyglass.capture.live import InterfaceGone, interface_subnets, open_capture_source
 from spyglass.core.models import Device, EndpointName, Flow, SeriesPoint, Upload
@@ -303,7 +303,8 @@ class Agent(ControlOps):
     def _apply_filter(self, cap: Any, watch: WatchSet) -> None:
         log.info("watching %s", ", ".join(sorted(watch.macs())) or "nothing yet (discovery only)")
         try:
-            attach_filter(cap.fileno(), watch.filter_expression())
+            # The capture keeps it: a reopen after an unplug attaches it again.
+            cap.set_filter(watch.filter_expression())
         except (OSError, ValueError) as e:
             self._problem("filter", f"capture filter not updated: {e}")
         self._set(watched=sorted(watch.macs()))

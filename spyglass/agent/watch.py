@@ -9,17 +9,11 @@ passes everything.
 from __future__ import annotations
 
 import re
-import socket
 from dataclasses import dataclass, field
-
-from spyglass.capture.bpf import BpfProgram, SockFprog, compile_filter
 
 DISCOVERY = "arp or udp port 53 or udp port 67 or udp port 68 or udp port 5353 or udp port 1900"
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 MAX_FILTER_HOSTS = 200  # past this a filter costs more than it saves: capture everything
-SO_ATTACH_FILTER = 26
-_BPF_RET_K = 0x06
-ACCEPT_ALL = BpfProgram("", ((_BPF_RET_K, 0, 0, 0x40000),))  # "ret #262144": keep every frame
 
 
 @dataclass(slots=True)
@@ -59,13 +53,3 @@ class WatchSet:
         hosts = " or ".join(f"ether host {m}" for m in macs)
         return f"{DISCOVERY} or {hosts}" if hosts else DISCOVERY
 
-
-def attach_filter(fd: int, expression: str | None) -> None:
-    """Replace the filter on a live capture socket in one step (no frames slip through)."""
-    dup = socket.fromfd(fd, socket.AF_PACKET, socket.SOCK_RAW)
-    try:
-        program = ACCEPT_ALL if expression is None else compile_filter(expression)
-        fprog = SockFprog(program)
-        dup.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog.value)
-    finally:
-        dup.close()

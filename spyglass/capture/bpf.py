@@ -57,6 +57,13 @@ def compile_filter(expression: str, linktype: int = 1) -> BpfProgram:
     return BpfProgram(expr, widened)
 
 
+def compile_optional(expression: str | None) -> BpfProgram | None:
+    """compile_filter, with None or a blank expression meaning no filter (everything)."""
+    if expression is None or not expression.strip():
+        return None
+    return compile_filter(expression)
+
+
 class SockFprog:
     """A ``struct sock_fprog`` plus the instruction array it points to (kept alive here)."""
 

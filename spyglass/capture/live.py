@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from spyglass.capture.bpf import BpfProgram, compile_filter
+from spyglass.capture.bpf import BpfProgram, compile_optional
 from spyglass.capture.netns import in_netns, own_netns_fd
 from spyglass.capture.packetsock import (
     GONE_ERRNOS,
@@ -32,6 +32,7 @@ from spyglass.capture.packetsock import (
     check_capture_args,
     open_packet_socket,
     open_retrying,
+    replace_filter,
     require_ifindex,
     why_down,
 )
@@ -73,7 +74,8 @@ class LiveCapture:
     """AF_PACKET capture of one interface (both directions), optionally BPF-filtered.
 
     The socket lives in the network namespace of the thread that created the capture;
-    reopen() reopens in that same namespace whichever thread calls it.
+    reopen() reopens in that same namespace whichever thread calls it, with the filter in
+    force (the last set_filter()'s, else the one it was opened with).
     """
 
     def __init__(
@@ -95,9 +97,7 @@ class LiveCapture:
         # Kernel timestamps need recvmsg, whose source address costs CPython an extra ioctl
         # per frame; without them frames are stamped on arrival in user space.
         self.kernel_timestamps = kernel_timestamps
-        self.program: BpfProgram | None = (
-            compile_filter(bpf_filter) if bpf_filter is not None and bpf_filter.strip() else None
-        )
+        self.program: BpfProgram | None = compile_optional(bpf_filter)
         self._buf = bytearray(max(batch_bytes, 2 * snaplen))
         self._mv = memoryview(self._buf)
         self._ancsize = socket.CMSG_SPACE(_TIMESPEC.size)
@@ -136,9 +136,20 @@ class LiveCapture:
             raise
         return sock, ifindex
 
+    def set_filter(self, bpf_filter: str | None) -> None:
+        """Replace the capture filter (None or blank: everything) on the open socket in one
+        step; reopen() attaches it from then on. ValueError when it does not compile, and
+        the filter in force stays. While the socket is closed (a reopen that gave up) it is
+        only kept, for the next reopen()."""
+        program = compile_optional(bpf_filter)
+        if self._sock.fileno() >= 0:
+            replace_filter(self._sock, program)
+        self.program = program  # only once in force: a failed swap leaves the old one
+
     def reopen(self, attempts: int = 10, delay_s: float = 0.5) -> None:
-        """Close and open again (same interface, filter and namespace), retrying while the
-        interface is absent; InterfaceGone after ``attempts`` tries. Counters carry over."""
+        """Close and open again (same interface, filter in force and namespace), retrying
+        while the interface is absent; InterfaceGone after ``attempts`` tries. Counters carry
+        over."""
         self._collect_stats()
         self._close_socket()
         self._sock, self._ifindex = open_retrying(self.ifname, self._open, attempts, delay_s)

@@ -21,6 +21,7 @@ PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_PROMISC = 1
 PACKET_STATISTICS = 6
 SO_ATTACH_FILTER = 26
+SO_DETACH_FILTER = 27
 ETH_P_ALL = 0x0003
 SIOCGIFFLAGS = 0x8913
 SIOCGIFINDEX = 0x8933
@@ -65,6 +66,19 @@ def attach_filter(sock: socket.socket, program: BpfProgram | None) -> None:
     if program is not None:
         fprog = SockFprog(program)
         sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog.value)
+
+
+def replace_filter(sock: socket.socket, program: BpfProgram | None) -> None:
+    """Swap the filter of a socket that may already be receiving; the kernel swaps it in one
+    step, so every frame meets either the old filter or the new one. None: no filter."""
+    if program is not None:
+        attach_filter(sock, program)
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:  # ENOENT: there was none
+            raise
 
 
 def ifindex_of(sock: socket.socket, ifname: str) -> int | None:

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from spyglass.capture.bpf import BpfProgram, compile_filter
+from spyglass.capture.bpf import BpfProgram, compile_optional
 from spyglass.capture.live import DEFAULT_SNAPLEN, CaptureStats
 from spyglass.capture.netns import in_netns, own_netns_fd
 from spyglass.capture.packetsock import (
@@ -37,6 +37,7 @@ from spyglass.capture.packetsock import (
     check_capture_args,
     open_packet_socket,
     open_retrying,
+    replace_filter,
     require_ifindex,
     why_down,
 )
@@ -103,7 +104,8 @@ class RingCapture:
     """AF_PACKET capture of one interface through a TPACKET_V3 ring; LiveCapture's interface.
 
     The socket lives in the network namespace of the thread that created the capture;
-    reopen() reopens in that same namespace whichever thread calls it. When the kernel
+    reopen() reopens in that same namespace whichever thread calls it, with the filter in
+    force (the last set_filter()'s, else the one it was opened with). When the kernel
     cannot allocate ``block_count`` blocks, fewer are tried down to ``MIN_BLOCK_COUNT``,
     then RingUnavailable is raised (``open_capture_source`` falls back to LiveCapture).
     """
@@ -133,10 +135,7 @@ class RingCapture:
         self.block_size = block_size
         self.block_count = block_count
         self.retire_s = retire_ms / 1000
-        self.program = _truncating(
-            compile_filter(bpf_filter) if bpf_filter is not None and bpf_filter.strip() else None,
-            snaplen,
-        )
+        self.program = _truncating(compile_optional(bpf_filter), snaplen)
         self._packets = self._drops = self._freezes = 0
         self._gone: InterfaceGone | None = None
         self._pending: InterfaceGone | None = None
@@ -206,9 +205,20 @@ class RingCapture:
         poll.register(self._ring.sock.fileno(), select.POLLIN | select.POLLERR)
         return poll
 
+    def set_filter(self, bpf_filter: str | None) -> None:
+        """Replace the capture filter (None or blank: everything) on the open socket in one
+        step; reopen() attaches it from then on. ValueError when it does not compile, and
+        the filter in force stays. While the socket is closed (a reopen that gave up) it is
+        only kept, for the next reopen(). Frames already in the ring stay as they came."""
+        program = _truncating(compile_optional(bpf_filter), self.snaplen)
+        if self._ring.sock.fileno() >= 0:
+            replace_filter(self._ring.sock, program)
+        self.program = program  # only once in force: a failed swap leaves the old one
+
     def reopen(self, attempts: int = 10, delay_s: float = 0.5) -> None:
-        """Close and open again (same interface, filter, ring and namespace), retrying while
-        the interface is absent; InterfaceGone after ``attempts`` tries. Counters carry over."""
+        """Close and open again (same interface, filter in force, ring and namespace),
+        retrying while the interface is absent; InterfaceGone after ``attempts`` tries.
+        Counters carry over."""
         self._collect_stats()
         self._ring.close()
         self._leftover = None

@@ -154,3 +154,48 @@ def test_a_watch_in_the_discovery_window_does_not_end_it(lab: HomeLan, tmp_path:
         assert AFTER_MAC not in devices()  # it spoke first, and was filtered out
         assert CHOSEN_MAC in c.status()["watched"]
     stop(proc)
+
+
+# Hosts of the replug test, sending the same UDP as the ones above.
+REPLUG_WATCHED_MAC = "02:00:00:00:00:84"  # watched: seen again once the interface is back
+REPLUG_SYNC_MAC = "02:00:00:00:00:85"  # watched: speaks after the unwatched one
+REPLUG_UNWATCHED_MAC = "02:00:00:00:00:86"  # never watched: speaks only after the replug
+
+
+@pytest.mark.root
+def test_the_narrowed_filter_survives_the_interface_going_down_and_up(
+    lab: HomeLan, tmp_path: Path
+) -> None:
+    proc, sock = start_agent(lab, tmp_path)
+    lab.run(lab.gateway, "ip", "route", "add", "blackhole", f"{SINK}/32")
+    with AgentClient(str(sock), timeout=30) as c:
+
+        def devices() -> set[str]:
+            return {d.mac for d in c.devices()}
+
+        def interface_problems() -> list[dict[str, Any]]:
+            return [p for p in c.status()["problems"] if p["kind"] == "interface"]
+
+        for mac in (REPLUG_WATCHED_MAC, REPLUG_SYNC_MAC):
+            assert c.watch(mac)["watched"] is True
+        wait_for(lambda: c.status()["discovery_until"] is None, DISCOVERY_WINDOW_S + 20,
+                 "the discovery window's end")  # fmt: skip
+        # The cable is pulled and put back: the agent reopens its capture.
+        lab.run(lab.gateway, "ip", "link", "set", GATEWAY_LAN_IF, "down")
+        wait_for(interface_problems, 10, "the interface going down reported")
+        lab.run(lab.gateway, "ip", "link", "set", GATEWAY_LAN_IF, "up")
+        wait_for(lambda: not interface_problems(), 15, "the capture resumed")
+
+        def watched_seen() -> bool:
+            # Sent until seen: the capture may take a retry or two to find the link up again.
+            send_raw(lab, udp_from(lab, REPLUG_WATCHED_MAC, 5), 0.05)
+            return REPLUG_WATCHED_MAC in devices()
+
+        wait_for(watched_seen, 20, "a watched host seen after the replug")
+        # Now capturing for sure: an unwatched host speaks, then a watched one. Frames are
+        # taken in order, so once the second is seen the first would have been too.
+        assert send_raw(lab, udp_from(lab, REPLUG_UNWATCHED_MAC), 0.2) == 20
+        assert send_raw(lab, udp_from(lab, REPLUG_SYNC_MAC), 0.2) == 20
+        wait_for(lambda: REPLUG_SYNC_MAC in devices(), 10, "the second watched host seen")
+        assert REPLUG_UNWATCHED_MAC not in devices(), "captured unfiltered after the replug"
+    stop(proc)

@@ -138,18 +138,22 @@ def check_missing_and_non_ethernet(
 
 
 def veth_pair(lan: HomeLan) -> None:
-    """tap0 (to capture on) and tap1 (to inject into) in the gateway namespace."""
+    """tap0 (to capture on) and tap1 (to inject into) in the gateway namespace, quiet: no
+    IPv6 (router solicitations, MLD) of their own, so only injected frames cross them."""
     lan.run(lan.gateway, "ip", "link", "add", "tap0", "type", "veth", "peer", "name", "tap1")
+    for ifname in ("tap0", "tap1"):
+        lan.run(lan.gateway, "sysctl", "-qw", f"net.ipv6.conf.{ifname}.disable_ipv6=1")
     lan.run(lan.gateway, "ip", "link", "set", "tap0", "up")
     lan.run(lan.gateway, "ip", "link", "set", "tap1", "up")
 
 
-def inject(lan: HomeLan, frames: int) -> None:
-    """``frames`` broadcast frames of ethertype 0x88b5 (78 bytes each) sent into tap1."""
+def inject(lan: HomeLan, frames: int, ethertype: int = 0x88B5) -> None:
+    """``frames`` broadcast frames of ``ethertype`` (78 bytes each) sent into tap1."""
     sock = lan.call(lan.gateway, socket.socket, socket.AF_PACKET, socket.SOCK_RAW, 0)
     with sock:
         sock.bind(("tap1", 0))
-        frame = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + b"\x88\xb5" + b"spyglass" * 8
+        kind = struct.pack("!H", ethertype)
+        frame = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + kind + b"spyglass" * 8
         for _ in range(frames):
             sock.send(frame)
 
@@ -181,6 +185,53 @@ def check_unplug_and_reopen(lan: HomeLan, cap: Source) -> list[FrameBatch]:
     batches = read_until(cap, lambda bs: count(bs) >= 1, seconds=5)
     assert count(batches) == 1
     return batches
+
+
+def ethertypes(batches: list[FrameBatch]) -> list[int]:
+    return [
+        struct.unpack_from("!H", b.buf, off + 12)[0] for b in batches for off in b.offset.tolist()
+    ]
+
+
+def check_set_filter_survives_reopen(lan: HomeLan, cap: Source) -> None:
+    """``cap`` on tap0 (from veth_pair), opened without a filter. A filter set later is the
+    one in force after tap0 is unplugged and plugged back in, also one set while it was out;
+    a bad one changes nothing; None lets everything through again."""
+
+    def seen(expected: int) -> list[int]:
+        # Frames arrive in order: a frame the filter wrongly let through shows up here or,
+        # when it came after the ``expected`` ones, first thing in the next read.
+        inject(lan, 3, 0x88B5)
+        inject(lan, 2, 0x88B6)
+        return ethertypes(read_until(cap, lambda bs: count(bs) >= expected, seconds=5))
+
+    def replug(filter_while_out: str | None = None) -> None:
+        lan.delete_link(lan.gateway, "tap0")
+        left = 0
+        with pytest.raises(InterfaceGone):
+            for _ in range(10):
+                left += len(cap.read_batch(timeout_s=0.5))
+        assert left == 0, "frames the filter should have kept out"
+        with pytest.raises(InterfaceGone, match="gave up"):
+            cap.reopen(attempts=1)
+        if filter_while_out is not None:
+            cap.set_filter(filter_while_out)  # the socket is closed: kept for the reopen
+        veth_pair(lan)
+        cap.reopen(attempts=2, delay_s=0.01)
+
+    cap.set_filter("ether proto 0x88b6")
+    assert seen(2) == [0x88B6] * 2
+    replug()
+    assert seen(2) == [0x88B6] * 2
+    replug(filter_while_out="ether proto 0x88b5")
+    assert seen(3) == [0x88B5] * 3
+    with pytest.raises(ValueError, match="bad capture filter"):
+        cap.set_filter("ether proto ((")
+    assert seen(3) == [0x88B5] * 3  # the one in force stays
+    cap.set_filter(None)
+    assert seen(5) == [0x88B5] * 3 + [0x88B6] * 2
+    replug()
+    assert seen(5) == [0x88B5] * 3 + [0x88B6] * 2
 
 
 def check_filter_one_host(lan: HomeLan, open_capture: Callable[[str], Source], port: int) -> None:
@@ -250,6 +301,16 @@ def test_interface_removal_raises_interface_gone(lan: HomeLan) -> None:
     try:
         check_unplug_and_reopen(lan, cap)
         assert cap.stats().packets == 6
+    finally:
+        cap.close()
+        lan.run(lan.gateway, "ip", "link", "del", "tap0", check=False)
+
+
+def test_set_filter_is_kept_across_reopen(lan: HomeLan) -> None:
+    veth_pair(lan)
+    cap = gateway_capture(lan, None, ifname="tap0")
+    try:
+        check_set_filter_survives_reopen(lan, cap)
     finally:
         cap.close()
         lan.run(lan.gateway, "ip", "link", "del", "tap0", check=False)

@@ -21,6 +21,7 @@ from tests.capture.test_live import (
     GOOGLE,
     check_filter_one_host,
     check_missing_and_non_ethernet,
+    check_set_filter_survives_reopen,
     check_tcp_bytes_seen,
     check_unplug_and_reopen,
     count,
@@ -233,6 +234,20 @@ def test_interface_removal_raises_interface_gone_and_reopen(lan: HomeLan) -> Non
     assert old_fd >= 0
     with pytest.raises(ValueError, match="closed"):
         cap.read_batch()
+
+
+def test_set_filter_is_kept_across_reopen(lan: HomeLan) -> None:
+    veth_pair(lan)
+    # A snaplen below the default: the filter set later cuts frames to it like the first one.
+    cap = ring_on_gateway(lan, None, ifname="tap0", snaplen=64)
+    try:
+        check_set_filter_survives_reopen(lan, cap)
+        cap.set_filter("ether proto 0x88b6")
+        assert cap.program is not None
+        assert {k for code, _jt, _jf, k in cap.program.insns if code == 0x06} == {0, 64}
+    finally:
+        cap.close()
+        lan.run(lan.gateway, "ip", "link", "del", "tap0", check=False)
 
 
 def test_interface_down_raises_interface_gone(lan: HomeLan) -> None:
