@@ -142,6 +142,10 @@ def _run_status(args: argparse.Namespace) -> int:
           f"{dropped.get('series_points', 0):,}")
     print(f"devices: {st.get('devices', 0)}  watched: {len(st.get('watched') or [])}  "
           f"uploads this run: {st.get('uploads', 0)}")
+    until = st.get("discovery_until")  # null once the window is over
+    if isinstance(until, int | float):
+        clock = time.strftime("%H:%M:%S", time.localtime(until))
+        print(f"discovery: all traffic until {clock}")
     if st.get("mode") == "intercept":
         now = ", ".join(st.get("intercepting") or []) or "nothing yet (`spyglass intercept IP`)"
         print(f"intercepting: {now}  router: {st.get('router')}")
