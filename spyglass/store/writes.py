@@ -6,7 +6,8 @@ import json
 import math
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from itertools import batched, chain
 from typing import Any
 
@@ -92,7 +93,7 @@ class StoreWrites(StoreBase):
         if result.read_report is not None:
             problems.extend(f"byte {p.offset}: {p.message}" for p in result.read_report.problems)
         first_ts, last_ts = _span(result.flows, result.series)
-        with self._guard("writing", KEPT_CAPTURE), self.db.atomic():
+        with self._guard("writing", KEPT_CAPTURE), self._bulk():
             cid, old_span = self._capture_row(
                 source, result.stats.packets, first_ts, last_ts, problems
             )
@@ -125,7 +126,7 @@ class StoreWrites(StoreBase):
         uploads: Sequence[Upload] = (),
     ) -> list[int]:
         """Merge what the pipeline produced since the last call; returns the new upload ids."""
-        with self._guard("writing", KEPT_BATCH), self.db.atomic():
+        with self._guard("writing", KEPT_BATCH), self._bulk():
             self._write(
                 capture_id, devices=devices, names=names, flows=flows, series=series,
                 uploads=uploads,
@@ -215,6 +216,29 @@ class StoreWrites(StoreBase):
                 (cutoff,),
             ).rowcount
         return counts
+
+    @contextmanager
+    def _bulk(self) -> Iterator[None]:
+        """A transaction for multi-row statements, their statement journals kept in memory.
+
+        Inside a transaction SQLite journals each statement that writes many rows (to undo
+        that statement alone if it fails), in a temporary file once past 64 KiB: 6,500 more
+        write() calls for 10,425 series rows, a third more CPU than one row per statement. In
+        memory the journal is at most one statement's pages. Only while writing: a large sort
+        elsewhere should still spill to disk rather than fill memory.
+        """
+        conn = self._conn
+        # temp_store cannot change inside a transaction: an outer one keeps what it has.
+        outer = conn.in_transaction
+        before = conn.execute("PRAGMA temp_store").fetchone()[0]
+        if not outer:
+            conn.execute("PRAGMA temp_store = MEMORY")
+        try:
+            with self.db.atomic():
+                yield
+        finally:
+            if not outer:
+                conn.execute(f"PRAGMA temp_store = {int(before)}")
 
     def _capture_row(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 from hypothesis import given, settings
@@ -57,6 +58,10 @@ def rows_of(table: str, conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
     # imported_at is the clock's, the rest must be equal.
     cols = "id, kind, path, first_ts, last_ts" if table == "captures" else "*"
     return sorted(conn.execute(f"SELECT {cols} FROM {table}").fetchall(), key=repr)
+
+
+def count_rows(store: Store, table: str) -> int:
+    return int(store.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
 
 def write_one_by_one(
@@ -150,3 +155,23 @@ def test_many_uploads_keep_ids_and_verdicts_on_reimport() -> None:
         assert [(u.start, u.verdict) for u in s.uploads()] == [
             (T0 + i, "me" if i == 8 else None) for i in range(0, 10, 2)
         ]
+
+
+def test_bulk_writes_leave_temp_store_as_it_was(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "s.db") as s:
+        s.record_analysis(CaptureSource(path="/a", fingerprint="a" * 64), result())
+        assert s.db.execute("PRAGMA temp_store").fetchone()[0] == 0
+        s.db.execute("PRAGMA temp_store = FILE")
+        s.write_live(s.live_capture("eth0"), series=make_series(random.Random(1), 300))
+        assert s.db.execute("PRAGMA temp_store").fetchone()[0] == 1
+
+
+def test_bulk_writes_inside_a_callers_transaction(tmp_path: Path) -> None:
+    # temp_store cannot change inside a transaction that uses temporary storage: left alone.
+    with Store.open(tmp_path / "s.db") as s:
+        cid = s.live_capture("eth0")
+        with s.db.atomic():
+            s.db.execute("CREATE TEMP TABLE scratch (x)")
+            s.db.execute("INSERT INTO scratch VALUES (1)")
+            s.write_live(cid, series=make_series(random.Random(2), 300))
+        assert count_rows(s, "series") > 0
