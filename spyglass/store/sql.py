@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 class Upsert:
     """An ``INSERT ... VALUES ... [ON CONFLICT ...]`` statement for one row or for many.
 
-    A statement of ``many`` rows is stepped once for all of them, where executemany of the
-    one-row statement binds, steps (releasing the GIL and taking SQLite's mutex) and resets per
-    row; SQLite still inserts the rows one after another, so the result is the same.
+    A statement of n rows (``rows(n)``) is stepped once for all of them, where executemany of
+    the one-row statement (``one``) binds, steps (releasing the GIL and taking SQLite's mutex)
+    and resets per row; SQLite still inserts the rows one after another, so a key repeated
+    within the statement is updated as it would be by the next statement.
     """
 
     head: str  # up to and including VALUES

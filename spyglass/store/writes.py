@@ -28,7 +28,8 @@ Row = tuple[Any, ...]
 
 # Rows per multi-row statement. 33,340 names of a DNS-heavy capture: 584M instructions one row
 # per step, 439M 100 rows per step; its 10,425 series rows 173M -> 125M (callgrind, the
-# tuples made as they are bound; 32 to 300 rows per step do about as well).
+# tuples made as they are bound; 32 to 300 rows per step do about as well). With the statement
+# journals in memory (_bulk), record_analysis of that capture: 771M -> 641M.
 CHUNK_ROWS = 100
 
 
