@@ -66,13 +66,12 @@ def analyze_file(
     Raises :class:`spyglass.core.capfile.CaptureFormatError` when the file is not a capture at
     all; any later fault is in ``read_report`` (what was read before it is analysed). With a
     ``series_sink`` the per-second series are handed over as they settle, so memory stays flat
-    however long the capture is. ``workers=2`` reads and decodes in other processes (a pcap:
-    one per core, and this one applies; pcapng: one more), ``1`` does everything here; by
-    default a large file is read so when the machine has two cores or more. Both give the same
-    result. ``fingerprint`` also gives the file's identity for the store
+    however long the capture is. ``workers=2`` reads and decodes in a second process, ``1`` does
+    everything here; by default a large file uses two processes when the machine has two cores.
+    Both give the same result. ``fingerprint`` also gives the file's identity for the store
     (:func:`spyglass.core.fingerprint.capture_fingerprint`, after reading it). ``on_start`` is
-    called once reading has begun (with workers: once they exist), perhaps twice when a failed
-    pcapng worker makes the reading start again here.
+    called once reading has begun (in two processes: once the second exists), perhaps twice
+    when a failed worker makes the reading start again here.
     """
     if workers is None:
         workers = 2 if _cores() >= 2 and _size(path) >= PARALLEL_MIN_BYTES else 1
@@ -134,15 +133,8 @@ def _analyze(
     pipe = Pipeline(lan=lan, vendor_lookup=vendor_lookup, detector_config=detector_config)
     reader: SegmentedReader | PreparedReader | CaptureReader
     if parallel:
-        if _format(path) == "pcap":
-            reader = SegmentedReader(
-                path, pipe.prep_settings, chunk_bytes=CHUNK_BYTES, on_start=on_start,
-                readers=_cores(),
-            )
-        else:
-            reader = PreparedReader(
-                path, pipe.prep_settings, chunk_bytes=CHUNK_BYTES, on_start=on_start
-            )
+        two = SegmentedReader if _format(path) == "pcap" else PreparedReader
+        reader = two(path, pipe.prep_settings, chunk_bytes=CHUNK_BYTES, on_start=on_start)
         step: Callable[[Any], object] = partial(_step, pipe)
     else:
         reader = open_capture(path, chunk_bytes=CHUNK_BYTES)
@@ -152,8 +144,8 @@ def _analyze(
     kept = _run(pipe, reader, step, progress, series_sink)
     if isinstance(reader, SegmentedReader) and reader.worker_failed:
         pipe.stats.problems.append(
-            f"a reader process failed ({reader.worker_failed}); "
-            "what it had not read was read by the main process"
+            f"the second reader process failed ({reader.worker_failed}); "
+            "the rest of the file was read in one process"
         )
     identity: tuple[str, int] | str | None = None
     if fingerprint:

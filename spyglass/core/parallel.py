@@ -71,34 +71,27 @@ def _work(
 
 @contextlib.contextmanager
 def running(
-    target: Callable[..., None], workers: list[tuple[Connection, Connection, tuple[Any, ...]]],
+    target: Callable[..., None], send: Connection, recv: Connection, args: tuple[Any, ...],
     on_start: Callable[[], None] | None,
 ) -> Iterator[None]:
-    """For each ``(send, recv, args)``, ``target(send, *args)`` in a forked worker while the
-    block runs (``on_start`` first, once all exist); afterwards every ``recv`` is closed and
-    the workers ended and reaped, however the block ends."""
-    procs = [FORK.Process(target=target, args=(send, *args), daemon=True)
-             for send, _, args in workers]  # fmt: skip
+    """``target(send, *args)`` in a forked worker while the block runs (``on_start`` first);
+    afterwards ``recv`` is closed and the worker ended and reaped, however the block ends."""
+    proc = FORK.Process(target=target, args=(send, *args), daemon=True)
+    with warnings.catch_warnings():
+        # A caller's other threads, if any, hold nothing the child touches: it
+        # only reads the file and runs numpy on its own arrays.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        proc.start()
+    send.close()
     try:
-        for proc in procs:
-            with warnings.catch_warnings():
-                # A caller's other threads, if any, hold nothing the child touches: it
-                # only reads the file and runs numpy on its own arrays.
-                warnings.simplefilter("ignore", DeprecationWarning)
-                proc.start()
-        for send, _, _ in workers:
-            send.close()
         if on_start is not None:
             on_start()
         yield
     finally:
-        for _, recv, _ in workers:
-            recv.close()
-        for proc in procs:
-            if proc.is_alive():
-                proc.terminate()
-            if proc.pid is not None:
-                proc.join()
+        recv.close()
+        if proc.is_alive():
+            proc.terminate()
+        proc.join()
 
 
 def _tell(conn: Connection, message: tuple[str, Any, int]) -> None:
@@ -138,7 +131,7 @@ class PreparedReader(TwoProcessReader):
         recv, send = FORK.Pipe(duplex=False)
         waits = FORK.RawValue("L", 0)  # how often this process found no message waiting
         args = (self.path, self._chunk, self._settings, waits)
-        with running(_work, [(send, recv, args)], self._on_start), \
+        with running(_work, send, recv, args, self._on_start), \
                 open(self.path, "rb", buffering=0) as fh:
             yield from self._receive(recv, fh.fileno(), waits)
 

@@ -1,18 +1,17 @@
-"""A pcap file read by worker processes that share the work, segment by segment.
+"""A pcap file read by two processes that share the whole work, segment by segment.
 
-The workers (as many as the machine has cores, up to MAX_READERS) take segments
-(:mod:`spyglass.core.pcapsegments`) in file order from one shared counter, walk and prepare them
-(:func:`spyglass.core.prepare.prepare`), and send what they prepared through a pipe each; the
-calling process, which alone holds the state, applies every segment in file order. A segment a
-worker walked from a start it found is applied only if the segment before ended exactly there;
-any other is walked again here from the known start. If a worker dies, the segments it did not
-send are walked here: nothing is lost either way.
+Both processes take segments (:mod:`spyglass.core.pcapsegments`) in file order from one shared
+counter, walk and prepare them (:func:`spyglass.core.prepare.prepare`); the worker sends what it
+prepared through a pipe, and the calling process, which alone holds the state, applies every
+segment in file order. The caller takes a segment itself only when the next one to apply is not
+there yet, so the split follows the load wherever it is (a DNS-heavy capture loads the stateful
+side). A segment the worker walked from a start it found is applied only if the segment before
+ended exactly there; any other is walked again here from the known start. If the worker dies,
+the caller goes on alone: nothing is lost either way.
 
-The workers map the file, and the caller only applies: a file cut short while mapped kills the
-process holding the map (SIGBUS), and that must not be the one that reports. The caller reads
-(into one reused buffer) only what it must walk itself. On this project's 2-core machine,
-copying a GB out of the page cache costs 0.74 s of CPU, mapping it 0.2 s: the caller used to
-walk a third of the segments itself and so paid for that copy on the critical path.
+The worker maps the file; the caller reads into one reused buffer instead, because a file cut
+short while mapped would kill the process holding the map (SIGBUS), and that must not be the one
+that reports.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ import os
 import signal
 from collections.abc import Callable, Iterator
 from functools import partial
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from typing import Any
 
 from spyglass.core.capfile import CaptureFormatError, ReadReport, map_at
@@ -34,26 +33,22 @@ from spyglass.core.readreport import Problems
 
 __all__ = ["SegmentedReader"]
 
-AHEAD = 4  # segments held ready beyond the next one, past which only its reader is heard
-MAX_READERS = 4  # worker processes at most (the stateful side is one process)
-_PIPE_BYTES = 1 << 20  # lets a worker run a few prepared segments ahead without blocking
+AHEAD = 4  # segments the caller may hold ready beyond the next one to apply
+_PIPE_BYTES = 1 << 20  # lets the worker run a few prepared segments ahead without blocking
 
 Result = tuple[Segment, Prepared | None]
 
 
-def _claim(counter: Any, owner: Any, me: int) -> int:
-    """The next segment, marked as ``me``'s (``owner[k]``; -1 while nobody has it)."""
+def _claim(counter: Any) -> int:
     with counter.get_lock():
         k = int(counter.value)
         counter.value = k + 1
-        if k < len(owner):
-            owner[k] = me
     return k
 
 
 def _work(
-    conn: Connection, me: int, path: str, header: bytes, size: int, chunk: int,
-    settings: PrepSettings, counter: Any, owner: Any,
+    conn: Connection, path: str, header: bytes, size: int, chunk: int, settings: PrepSettings,
+    counter: Any,
 ) -> None:
     # Ctrl-C reaches the whole process group: the parent decides, and ends this process.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -62,7 +57,7 @@ def _work(
         prep = Preparer(settings)
         with open(path, "rb", buffering=0) as fh:
             read = partial(map_at, fh)
-            while (k := _claim(counter, owner, me)) < segments.count:
+            while (k := _claim(counter)) < segments.count:
                 seg, batch = segments.walk(k, read, HEADER if k == 0 else None)
                 conn.send((seg, prep(batch) if batch is not None else None))
         conn.send((None, None))  # done
@@ -97,17 +92,15 @@ class _Buffer:
 
 class SegmentedReader(TwoProcessReader):
     """Iterate over a pcap file's segments as :class:`Prepared`, in file order, prepared by
-    ``readers`` worker processes. ``report`` ends the same as the one-process reader's, and
-    ``worker_failed`` says why a worker stopped early, if one did (what it did not send was
-    read here)."""
+    either process. ``report`` ends the same as the one-process reader's, and
+    ``worker_failed`` says why the worker stopped early, if it did (the rest was read here)."""
 
     def __init__(
         self, path: str | os.PathLike[str], settings: PrepSettings, *, chunk_bytes: int,
-        on_start: Callable[[], None] | None = None, readers: int = 2,
+        on_start: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(path, settings, chunk_bytes=chunk_bytes, on_start=on_start)
         self.worker_failed: str | None = None
-        self._readers = max(1, min(readers, MAX_READERS))
 
     def __iter__(self) -> Iterator[Prepared]:
         try:
@@ -126,37 +119,33 @@ class SegmentedReader(TwoProcessReader):
         report = ReadReport(self.path, "pcap", file_size=size, bytes_read=HEADER)
         self.report = report
         problems = Problems(report)
+        recv, send = FORK.Pipe(duplex=False)
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(send.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
         counter = FORK.Value("q", 0)
-        owner = FORK.RawArray("b", [-1] * segments.count)
-        workers = []
-        for me in range(self._readers):
-            recv, send = FORK.Pipe(duplex=False)
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(send.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
-            args = (me, self.path, header, size, self._chunk, self._settings, counter, owner)
-            workers.append((send, recv, args))
-        with running(_work, workers, self._on_start):
+        args = (self.path, header, size, self._chunk, self._settings, counter)
+        with running(_work, send, recv, args, self._on_start):
             here = _Local(segments, _Buffer(fd).read, Preparer(self._settings))
-            live = {me: recv for me, (_, recv, _) in enumerate(workers)}
-            yield from self._apply_in_order(segments, live, owner, here, report, problems)
+            yield from self._apply_in_order(segments, recv, counter, here, report, problems)
 
     def _apply_in_order(
-        self, segments: PcapSegments, live: dict[int, Connection], owner: Any, here: _Local,
+        self, segments: PcapSegments, recv: Connection, counter: Any, here: _Local,
         report: ReadReport, problems: Problems,
     ) -> Iterator[Prepared]:
         ready: dict[int, Result] = {}
+        worker = True  # still sending
         expect = HEADER  # where the next segment's first record starts
         k = 0
         while k < segments.count:
             if k not in ready:
-                who = owner[k]
-                if not live or (who >= 0 and who not in live):
-                    ready[k] = here.walk(k, expect)  # nobody left to send it: walk it here
-                elif len(ready) >= AHEAD and who >= 0:
-                    self._receive(who, live, ready)  # only k's reader: the others may wait
+                if worker and recv.poll():
+                    worker = self._receive(recv, ready)
+                elif len(ready) < AHEAD and (j := _claim(counter)) < segments.count:
+                    ready[j] = here.walk(j, expect if j == k else None)
+                elif worker:
+                    worker = self._receive(recv, ready)
                 else:
-                    for conn in wait(list(live.values())):
-                        self._receive(_key_of(live, conn), live, ready)
+                    ready[k] = here.walk(k, expect)
                 continue
             seg, prepared = ready.pop(k)
             if seg.end == NOT_FOUND or seg.start != expect:
@@ -170,25 +159,19 @@ class SegmentedReader(TwoProcessReader):
             expect = seg.stop
             k += 1
 
-    def _receive(self, me: int, live: dict[int, Connection], ready: dict[int, Result]) -> None:
-        """Take one message from worker ``me``; forget the worker once it has stopped (done
-        or failed)."""
+    def _receive(self, recv: Connection, ready: dict[int, Result]) -> bool:
+        """Take one message from the worker; False when it has stopped (done or failed)."""
         try:
-            seg, prepared = live[me].recv()
+            seg, prepared = recv.recv()
         except (EOFError, OSError):
             self.worker_failed = "it stopped unexpectedly"  # killed, out of memory, ...
-            del live[me]
-            return
+            return False
         if seg is None:
             if prepared is not None:
                 self.worker_failed = str(prepared)
-            del live[me]
-            return
+            return False
         ready[seg.index] = (seg, prepared)
-
-
-def _key_of(live: dict[int, Connection], conn: object) -> int:
-    return next(me for me, c in live.items() if c is conn)
+        return True
 
 
 class _Local:
