@@ -15,7 +15,7 @@ import json
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from spyglass.agent.watch import WatchSet
@@ -152,12 +152,17 @@ class ControlOps:
             raise cmd.value
         return cmd.value
 
-    def _run_commands(self) -> None:
+    def _queued(self) -> Iterator[Command]:
+        """The commands waiting now, taken off the queue one by one."""
         while True:
             try:
                 cmd = self._commands.get_nowait()
             except queue.Empty:
                 return
+            yield cmd
+
+    def _run_commands(self) -> None:
+        for cmd in self._queued():
             if not cmd.take():
                 continue  # its caller gave up on it and was told nothing was done
             try:
@@ -175,11 +180,7 @@ class ControlOps:
 
     def _cancel_commands(self) -> None:
         """The capture loop has ended: what is still queued will never run; say so at once."""
-        while True:
-            try:
-                cmd = self._commands.get_nowait()
-            except queue.Empty:
-                return
+        for cmd in self._queued():
             if cmd.cancel():
                 cmd.finish(False, RuntimeError("the agent is stopping; nothing was changed"))
 
