@@ -66,7 +66,7 @@ class Pipeline:
             media_min=self.detector.config.min_payload,
             bins_per_s=round(1 / self.detector.config.bin_s),
         )
-        self._prepare = Preparer(self.prep_settings)
+        self._prepare = Preparer(self.prep_settings, self.lan)
         self._flows: dict[int, Flow] = {}
         self._flow_keys: dict[int, FlowKey] = {}
         self._conn_keys: dict[int, ConnKey] = {}

@@ -140,9 +140,12 @@ class Preparer:
     """:func:`prepare` with the LAN classifier built once, and the DNS answer memo kept from
     batch to batch (of one process)."""
 
-    def __init__(self, settings: PrepSettings) -> None:
+    def __init__(self, settings: PrepSettings, lan: LanClassifier | None = None) -> None:
+        """``lan``: the classifier of ``settings.lan``, when the caller has built it already."""
         self.settings = settings
-        self.lan = LanClassifier(list(settings.lan) if settings.lan else None)
+        if lan is None:
+            lan = LanClassifier(list(settings.lan) if settings.lan else None)
+        self.lan = lan
         self.dns = DnsDigester()
 
     def __call__(self, batch: FrameBatch) -> Prepared:
