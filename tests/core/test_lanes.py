@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import random
 import struct
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -35,10 +37,8 @@ def read(path: Path, chunk: int, *, use_lanes: bool, monkeypatch: pytest.MonkeyP
             reader.report
 
 
-def same_either_way(
-    path: Path, chunk: int, monkeypatch: pytest.MonkeyPatch, *, lanes_used: bool = False
-) -> Frames:
-    used: list[bool] = []
+def recording_find(used: list[bool]) -> Callable[[LaneFinder, bytes, int], Any]:
+    """LaneFinder.find that also notes in ``used`` whether the lanes found records."""
     real = LaneFinder.find
 
     def spy(self: LaneFinder, buf: bytes, start: int) -> tuple[np.ndarray, ...] | None:
@@ -46,6 +46,14 @@ def same_either_way(
         used.append(out is not None)
         return out
 
+    return spy
+
+
+def same_either_way(
+    path: Path, chunk: int, monkeypatch: pytest.MonkeyPatch, *, lanes_used: bool = False
+) -> Frames:
+    used: list[bool] = []
+    spy = recording_find(used)
     with monkeypatch.context() as m:
         m.setattr(LaneFinder, "find", spy)
         a = read(path, chunk, use_lanes=True, monkeypatch=monkeypatch)
@@ -174,12 +182,7 @@ def test_walk_from_the_middle_of_a_buffer(monkeypatch: pytest.MonkeyPatch) -> No
     starts += [rng.randrange(len(buf)) for _ in range(4)] + rng.sample(records[:-1], 4)
 
     used: list[bool] = []
-    real = LaneFinder.find
-
-    def spy(self: LaneFinder, buf: bytes, start: int) -> tuple[np.ndarray, ...] | None:
-        found = real(self, buf, start)
-        used.append(found is not None)
-        return found
+    spy = recording_find(used)
 
     def walks(use_lanes: bool) -> list[tuple[object, ...]]:
         fmt = _Pcap(data[:24], Problems(ReadReport(Path("x"), "pcap", file_size=len(data))))
