@@ -352,7 +352,7 @@ class Agent(ControlOps):
         pending.flows.update(
             {(f.device_mac, f.remote_ip, f.proto, f.remote_port): f for f in pipe.changed_flows()}
         )
-        pending.names.extend(pipe.names.pop_changed())
+        pending.names.extend(pipe.changed_names())
         try:
             ids = store.write_live(
                 capture_id,

@@ -234,11 +234,7 @@ class AnalysisReport:
             r = o.result
             if r is None or r.stats.packets == 0:
                 continue
-            # Names matter to the summary only where they label a flow; a DNS-heavy capture
-            # can hold tens of thousands of the others.
-            talked = {(f.device_mac, f.remote_ip) for f in r.flows}
-            names = [n for n in r.endpoint_names if (n.device_mac, n.ip) in talked]
-            part = _Summary(r.devices, names, r.flows, r.uploads, r.stats)
+            part = _Summary(r.devices, r.endpoint_names, r.flows, r.uploads, r.stats)
             mem.record_analysis(CaptureSource(path=str(o.path), fingerprint=f"file-{i}"), part)
         return mem
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from operator import attrgetter
 
@@ -188,14 +188,21 @@ class NameBook:
         self._answers: dict[tuple[str, _Pairs], _Answer] = {}
         self._queued: list[_Answer] = []  # repeated since the entries were last read
 
-    def pop_changed(self) -> list[EndpointName]:
-        """Entries learned or seen again since the last call, for incremental writes."""
+    def pop_changed(self, only: Container[tuple[str, str]] | None = None) -> list[EndpointName]:
+        """Entries learned or seen again since the last call, for incremental writes.
+
+        ``only``: just the entries of these (MAC, IP); the others stay changed until their
+        address is among them at a later call."""
         self._settle()
         self._keys_of_settled()
-        entries = self._entries
-        out = [EndpointName(*k, *entries[k]) for k in self._changed]
-        self._changed.clear()
-        return out
+        entries, changed = self._entries, self._changed
+        if only is None:
+            keys = list(changed)
+            changed.clear()
+        else:
+            keys = [k for k in changed if (k[0], k[1]) in only]
+            changed.difference_update(keys)
+        return [EndpointName(*k, *entries[k]) for k in keys]
 
     def _keys_of_settled(self) -> None:
         changed = self._changed
@@ -308,8 +315,11 @@ class NameBook:
         best = self._best.get((mac, ip))
         return best[0] if best else None
 
-    def entries(self) -> list[EndpointName]:
+    def entries(self, only: Container[tuple[str, str]] | None = None) -> list[EndpointName]:
+        """Every entry, or those of the (MAC, IP) in ``only``; by device, oldest first."""
         self._settle()
-        out = [EndpointName(*k, *sp) for k, sp in self._entries.items()]
+        entries = self._entries
+        keys = entries if only is None else [k for k in entries if (k[0], k[1]) in only]
+        out = [EndpointName(*k, *entries[k]) for k in keys]
         out.sort(key=attrgetter("device_mac", "first_seen"))
         return out

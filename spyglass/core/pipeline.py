@@ -71,6 +71,7 @@ class Pipeline:
         self._flow_keys: dict[int, FlowKey] = {}
         self._conn_keys: dict[int, ConnKey] = {}
         self._dirty_flows: set[int] = set()
+        self._contacted: set[tuple[str, str]] = set()  # (device, remote IP) of the flows
         self._series: dict[tuple[str, str, int], list[int]] = {}
         self._uploads: list[Upload] = []
         # A live agent hands uploads to the store as they come and must not hoard them.
@@ -125,7 +126,17 @@ class Pipeline:
         return self.inventory.devices()
 
     def endpoint_names(self) -> list[EndpointName]:
-        return self.names.entries()
+        """The names of the remote endpoints each device exchanged traffic with.
+
+        The name book also holds names of addresses a device resolved and never contacted
+        (a CDN answer lists several; apps resolve ahead): they label nothing, and a DNS-heavy
+        capture has tens of thousands of them."""
+        return self.names.entries(self._contacted)
+
+    def changed_names(self) -> list[EndpointName]:
+        """:meth:`endpoint_names` learned or seen again since the last call; a name of an
+        address not contacted yet waits until it is."""
+        return self.names.pop_changed(self._contacted)
 
     def flows(self) -> list[Flow]:
         for f in self._flows.values():
@@ -209,6 +220,7 @@ class Pipeline:
             if f is None:
                 f = Flow(key[0], key[1], key[2], key[3], first_seen=first)
                 flows[h] = f
+                self._contacted.add((key[0], key[1]))
             dirty.add(h)
             f.packets_up += pu
             f.packets_down += pd

@@ -98,15 +98,13 @@ def _fed(frames: list[bytes], times: list[float], cuts: list[int]) -> Pipeline:
 
 
 def _said(pipe: Pipeline) -> tuple[object, ...]:
+    book = pipe.names.entries()  # all of them, the addresses never contacted too
     names = sorted(  # entries learned at the same time come in either order
-        (e.device_mac, e.ip, e.name, e.source, e.first_seen, e.last_seen)
-        for e in pipe.endpoint_names()
+        (e.device_mac, e.ip, e.name, e.source, e.first_seen, e.last_seen) for e in book
     )
     # Every address named for any device, asked of every device.
-    macs = sorted(
-        {e.device_mac for e in pipe.endpoint_names()} | {m.hex(":") for m, _ in DEVICES}
-    )
-    ips = sorted({e.ip for e in pipe.endpoint_names()} | set(REMOTES))
+    macs = sorted({e.device_mac for e in book} | {m.hex(":") for m, _ in DEVICES})
+    ips = sorted({e.ip for e in book} | set(REMOTES))
     best = [pipe.names.name_for(m, ip) for m in macs for ip in ips]
     devices = [
         (d.mac, d.kind, d.model, d.assistant, d.evidence, d.first_seen, d.last_seen)
@@ -190,3 +188,31 @@ def test_real_captures_one_packet_per_batch(captures: Path, name: str) -> None:
     whole.flush()
     assert whole.slow.stats.parsed.get("dns", 0) > 0
     assert _said(whole)[:4] == _said(one)[:4]
+
+
+def test_names_of_addresses_never_contacted_stay_out_of_the_endpoints() -> None:
+    """A device resolves two addresses and talks to one: only that one's names are endpoint
+    names (and changed names, for the agent's writes); the other's wait in the book until the
+    device talks to it."""
+    mac, ip = DEVICES[0]
+    dev = mac.hex(":")
+    qname, cnames, (used, unused) = ANSWERS[0]
+
+    def to(remote: str) -> bytes:
+        seg = craft.tcp(40000, 443, 1, 1, 0x18, b"x" * 200)
+        return craft.ethernet(ROUTER_MAC, mac, 0x0800, craft.ipv4(ip, craft.ip4(remote), 6, seg))
+
+    pipe = Pipeline(vendor_lookup=vendor_for_mac)
+    pipe.feed(_batch([_frame("dns", 0, 0, 0), to(used)], [100.0, 101.0]))
+    assert {(e.ip, e.name) for e in pipe.names.entries()} == {
+        (a, n) for a in (used, unused) for n in (qname, *cnames)
+    }
+    want = {(dev, used, n) for n in (qname, *cnames)}
+    assert {(e.device_mac, e.ip, e.name) for e in pipe.endpoint_names()} == want
+    assert {(e.device_mac, e.ip, e.name) for e in pipe.changed_names()} == want
+    assert pipe.changed_names() == []
+    pipe.feed(_batch([to(unused)], [105.0]))  # now it talks to the other address too
+    changed = pipe.changed_names()
+    assert {(e.ip, e.name) for e in changed} == {(unused, n) for n in (qname, *cnames)}
+    assert all(e.first_seen == e.last_seen == 100.0 for e in changed)
+    assert len(pipe.endpoint_names()) == len(pipe.names.entries())
