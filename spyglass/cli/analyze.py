@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import ipaddress
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -149,10 +151,11 @@ def _analyze_one(
             bar.update(done, total)
 
     try:
-        result = analyze_file(
-            out.path, lan=lan, vendor_lookup=lookup, progress=advance,
-            fingerprint=opener.keep, on_start=opener.start,
-        )
+        with _collector_paused():
+            result = analyze_file(
+                out.path, lan=lan, vendor_lookup=lookup, progress=advance,
+                fingerprint=opener.keep, on_start=opener.start,
+            )
     except CaptureFormatError as exc:
         where = "" if exc.reason.startswith("cannot read") else f" at byte {exc.offset}"
         out.error = f"{out.name}: {exc.reason}{where}; nothing was kept"
@@ -178,6 +181,26 @@ def _analyze_one(
     except StoreError as exc:
         out.warnings.append(f"{out.name}: not stored: {exc}")
         out.failed = True
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No garbage-collector passes while a file is analysed.
+
+    An analysis makes no reference cycles (tests/core/test_cycles.py), so reference counting
+    frees everything it drops; the collector's passes only walked its growing state (names,
+    flows): about 95 ms of a 1M-packet DNS-heavy analysis, in the process that is the critical
+    path. What is alive afterwards is mostly the result, kept to the end: frozen, so that the
+    passes after it (the store write) skip it too.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
 
 
 def _judge(out: FileOutcome) -> None:

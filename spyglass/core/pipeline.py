@@ -9,6 +9,7 @@ slow-path packet only.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -46,6 +47,18 @@ class PipelineStats:
     problems: list[str] = field(default_factory=list)
 
 
+def _hint(names: NameBook, inventory: Inventory, key: ConnKey) -> DestinationHint:
+    mac, ip = key[0], key[1]
+    name = names.name_for(mac, ip)
+    info = classify(name)
+    return DestinationHint(
+        name=name,
+        role=info.role,
+        assistant=info.assistant or inventory.assistant(mac),
+        device_is_speaker=inventory.is_speaker(mac),
+    )
+
+
 class Pipeline:
     def __init__(
         self,
@@ -59,7 +72,9 @@ class Pipeline:
         self.inventory = Inventory(vendor_lookup)
         self.names = NameBook()
         self.slow = SlowPath(self.inventory, self.names)
-        self.detector = UploadDetector(self._hint, detector_config)
+        # The hint is not a method of the pipeline: the pipeline would then be a reference
+        # cycle, whose state only the garbage collector could free (see cli.analyze).
+        self.detector = UploadDetector(partial(_hint, self.names, self.inventory), detector_config)
         self.stats = PipelineStats()
         self.prep_settings = PrepSettings(
             lan=self.lan.lan,
@@ -175,17 +190,6 @@ class Pipeline:
         return out
 
     # -- internals ---------------------------------------------------------------------
-    def _hint(self, key: ConnKey) -> DestinationHint:
-        mac, ip = key[0], key[1]
-        name = self.names.name_for(mac, ip)
-        info = classify(name)
-        return DestinationHint(
-            name=name,
-            role=info.role,
-            assistant=info.assistant or self.inventory.assistant(mac),
-            device_is_speaker=self.inventory.is_speaker(mac),
-        )
-
     def _learn_devices(self, p: Prepared) -> None:
         """Every MAC that sends IP from a LAN address is a device; note its IPs."""
         inv = self.inventory
