@@ -136,6 +136,9 @@ def _tune_malloc() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # numpy's OpenBLAS starts a thread per core at import, which spins for a while: 0.1 s of
+    # CPU taken from the second core, which an analysis uses. Spyglass does no linear algebra.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     parser, handlers = build_parser(only=chosen_command(argv))
     _tune_gc()
     if chosen_command(argv) in _PACKET_COMMANDS:
