@@ -62,9 +62,10 @@ def run(args: argparse.Namespace) -> int:
     opener = StoreOpener(args.db, keep=not args.no_store)
     try:
         report = analyze_paths(args.files, store=opener, lan=args.lan, progress=sys.stderr)
+        opener.close_soon()  # the summary (an in-memory store of its own) is made meanwhile
+        return report.emit(args.json, sys.stdout, sys.stderr)
     finally:
         opener.close()
-    return report.emit(args.json, sys.stdout, sys.stderr)
 
 
 # -- analysing -----------------------------------------------------------------------------------

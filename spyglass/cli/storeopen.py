@@ -32,6 +32,8 @@ class StoreOpener:
         self._store: Store | None = None
         self._error: BaseException | None = None
         self._owned = True  # close() closes the store
+        self._closing: threading.Thread | None = None
+        self._close_error: BaseException | None = None
 
     @classmethod
     def ready(cls, store: Store | None) -> StoreOpener:
@@ -71,9 +73,30 @@ class StoreOpener:
             raise self._error
         return self._store
 
+    def close_soon(self) -> None:
+        """Start closing on a thread; :meth:`close` waits for it. Closing checkpoints the
+        write-ahead log into the database file (tens of ms of writes, the GIL released): the
+        caller prints its summary meanwhile."""
+        if self._closing is None:
+            self._closing = threading.Thread(target=self._close, name="store-close")
+            self._closing.start()
+
     def close(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-        if self._store is not None and self._owned:
-            self._store.close()
-        self._store = None
+        """Close the store (if this opener opened it); raises what closing raised."""
+        if self._closing is None:
+            self._close()
+        else:
+            self._closing.join()
+        if self._close_error is not None:
+            error, self._close_error = self._close_error, None
+            raise error
+
+    def _close(self) -> None:
+        try:
+            if self._thread is not None:
+                self._thread.join()
+            if self._store is not None and self._owned:
+                self._store.close()
+            self._store = None
+        except BaseException as exc:  # noqa: BLE001 - raised by close(), in the caller's thread
+            self._close_error = exc

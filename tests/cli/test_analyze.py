@@ -55,6 +55,19 @@ def test_json_matches_store(cli: Cli, captures: Path, data_dir: Path) -> None:
 
 
 @pytest.mark.captures
+def test_store_is_closed_when_the_command_returns(cli: Cli, captures: Path, tmp_path: Path) -> None:
+    """The store closes on a thread while the summary is printed; the command still returns
+    only once it is closed: the write-ahead log checkpointed into the file, and removed."""
+    db = tmp_path / "x.db"
+    ran = cli("analyze", captures / HOMEPOD_FILE, "--db", db)
+    assert ran.rc == 0, ran.err
+    assert "guzzoni.apple.com" in ran.out
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("x.db")) == ["x.db"]
+    with Store.open(db) as store:
+        assert [c.path for c in store.captures()] == [str(captures / HOMEPOD_FILE)]
+
+
+@pytest.mark.captures
 def test_reanalysis_does_not_double(cli: Cli, captures: Path, tmp_path: Path) -> None:
     db = tmp_path / "x.db"
     first = cli("analyze", captures / HOMEPOD_FILE, "--db", db, "--json").json()
