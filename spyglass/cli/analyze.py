@@ -122,6 +122,11 @@ def analyze_paths(
     lookup = _vendor_lookup()
     outcomes: list[FileOutcome] = []
     for path in files:
+        for earlier in outcomes:
+            # Only the last file's pipeline is kept to the end (the process exits without
+            # freeing it): the others' state would add up.
+            if earlier.result is not None:
+                earlier.result.pipeline = None
         out = FileOutcome(path)
         outcomes.append(out)
         _analyze_one(out, opener, lan, lookup, progress)

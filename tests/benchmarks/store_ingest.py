@@ -196,6 +196,7 @@ def _analyse(path: Path, cache: Path | None) -> AnalysisResult:
             res: AnalysisResult = pickle.load(fh)
         return res
     res = analyze_file(path, vendor_lookup=vendor_for_mac, fingerprint=True)
+    res.pipeline = None  # its state is not stored
     if kept is not None:
         kept.parent.mkdir(parents=True, exist_ok=True)
         with kept.open("wb") as fh:

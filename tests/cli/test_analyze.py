@@ -68,6 +68,18 @@ def test_store_is_closed_when_the_command_returns(cli: Cli, captures: Path, tmp_
 
 
 @pytest.mark.captures
+def test_only_the_last_files_pipeline_is_kept(captures: Path) -> None:
+    """Each result may keep its pipeline (freeing a large one costs tens of ms at exit), but
+    over many files they would add up: only the last file's stays."""
+    from spyglass.cli.analyze import analyze_paths
+
+    report = analyze_paths([captures / ECHO_FILE, captures / HOMEPOD_FILE], store=None)
+    first, last = (o.result for o in report.outcomes)
+    assert first is not None and last is not None
+    assert first.pipeline is None and last.pipeline is not None
+
+
+@pytest.mark.captures
 def test_reanalysis_does_not_double(cli: Cli, captures: Path, tmp_path: Path) -> None:
     db = tmp_path / "x.db"
     first = cli("analyze", captures / HOMEPOD_FILE, "--db", db, "--json").json()

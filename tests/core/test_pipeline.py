@@ -49,6 +49,18 @@ def test_homepod_names_and_identity(captures: Path) -> None:
     assert {u.device_mac for u in r.uploads} == {"d4:a3:3d:6b:1e:97"}
 
 
+def test_endpoint_names_are_those_of_contacted_addresses(captures: Path) -> None:
+    """The HomePod capture's devices resolved 40 names and contacted the addresses of 15: the
+    result lists those 15; the others stay in the pipeline's name book, which the result
+    keeps."""
+    r = analyze_file(captures / "homepod_FNT_S3E10.pcap", vendor_lookup=vendor_for_mac)
+    assert r.pipeline is not None
+    book = r.pipeline.names.entries()
+    contacted = {(f.device_mac, f.remote_ip) for f in r.flows}
+    assert r.endpoint_names == [e for e in book if (e.device_mac, e.ip) in contacted]
+    assert 0 < len(r.endpoint_names) < len(book)
+
+
 @pytest.mark.parametrize("chunk", [1 << 12, 1 << 16, 4 << 20])
 def test_batch_size_does_not_change_results(captures: Path, chunk: int) -> None:
     """Streaming: any batching of the same packets yields the same uploads and flows."""
