@@ -10,7 +10,7 @@ from typing import Any
 
 from spyglass.core.capfile import CaptureReader, ReadReport, detect_format, open_capture
 from spyglass.core.detect import DetectorConfig
-from spyglass.core.fingerprint import capture_fingerprint
+from spyglass.core.fingerprint import Fingerprinting
 from spyglass.core.frames import FrameBatch
 from spyglass.core.inventory import VendorLookup
 from spyglass.core.models import Device, EndpointName, Flow, SeriesPoint, Upload
@@ -74,7 +74,7 @@ def analyze_file(
     however long the capture is. ``workers=2`` reads and decodes in a second process, ``1`` does
     everything here; by default a large file uses two processes when the machine has two cores.
     Both give the same result. ``fingerprint`` also gives the file's identity for the store
-    (:func:`spyglass.core.fingerprint.capture_fingerprint`, after reading it). ``on_start`` is
+    (:func:`spyglass.core.fingerprint.capture_fingerprint`, taken while it is read). ``on_start`` is
     called once reading has begun (in two processes: once the second exists), perhaps twice
     when a failed worker makes the reading start again here.
     """
@@ -136,6 +136,9 @@ def _analyze(
     on_start: Callable[[], None] | None,
 ) -> AnalysisResult:
     pipe = Pipeline(lan=lan, vendor_lookup=vendor_lookup, detector_config=detector_config)
+    hashing = Fingerprinting(path) if fingerprint else None
+    if hashing is not None:
+        on_start = _both(hashing.start, on_start)
     reader: SegmentedReader | PreparedReader | CaptureReader
     if parallel:
         two = SegmentedReader if _format(path) == "pcap" else PreparedReader
@@ -152,12 +155,7 @@ def _analyze(
             f"the second reader process failed ({reader.worker_failed}); "
             "the rest of the file was read in one process"
         )
-    identity: tuple[str, int] | str | None = None
-    if fingerprint:
-        try:
-            identity = capture_fingerprint(path)
-        except OSError as exc:
-            identity = f"cannot read it again: {exc.strerror or exc}"
+    identity = hashing.result() if hashing is not None else None
     return AnalysisResult(
         path=os.fspath(path),
         devices=pipe.devices(),
@@ -170,6 +168,15 @@ def _analyze(
         fingerprint=identity,
         pipeline=pipe,
     )
+
+
+def _both(first: Callable[[], None], then: Callable[[], None] | None) -> Callable[[], None]:
+    def run() -> None:
+        first()
+        if then is not None:
+            then()
+
+    return run
 
 
 def _step(pipe: Pipeline, item: Prepared | FrameBatch) -> None:

@@ -13,7 +13,7 @@ from spyglass.adapters.oui import vendor_for_mac
 from spyglass.core import analyze, parallel, parallelpcap
 from spyglass.core.analyze import AnalysisResult, analyze_file
 from spyglass.core.capfile import CaptureFormatError, open_capture
-from spyglass.core.fingerprint import capture_fingerprint
+from spyglass.core.fingerprint import Fingerprinting, capture_fingerprint
 from spyglass.core.pcapsegments import HEADER, PcapSegments
 from spyglass.sim.household import simulate_household
 from tests.core.test_capfile import ng_epb, ng_idb, ng_shb
@@ -91,6 +91,14 @@ def test_series_sink_gets_the_same_points(household: Path, small_chunks: None) -
 def test_fingerprint_both_ways(household: Path, small_chunks: None) -> None:
     one, two = both_ways(household, fingerprint=True)
     assert one.fingerprint == two.fingerprint == capture_fingerprint(household)
+
+
+def test_fingerprinting_says_why_a_file_has_no_identity(tmp_path: Path) -> None:
+    """Taken on a thread beside the reading: a file gone by then has no identity, and says so."""
+    hashing = Fingerprinting(tmp_path / "gone.pcap")
+    hashing.start()
+    why = hashing.result()
+    assert isinstance(why, str) and why.startswith("cannot read it: ")
 
 
 def test_fingerprint_of_a_file_the_reader_stopped_in(tmp_path: Path, household: Path) -> None:
