@@ -425,10 +425,11 @@ class StoreWrites(StoreBase):
 
     def _replace_uploads(self, cid: int, uploads: Sequence[Upload]) -> None:
         keep = [self._upsert_upload(cid, u) for u in uploads]
-        marks = ",".join("?" * len(keep))
         # Uploads this capture no longer yields (e.g. a better detector) go; the rest keep
-        # their id and verdict.
-        sql = "DELETE FROM uploads WHERE capture_id = ?"
-        if keep:
-            sql += f" AND id NOT IN ({marks})"
-        self._conn.execute(sql, [cid, *keep])
+        # their id and verdict. The kept ids go as one JSON parameter: one '?' each would
+        # stop at SQLite's limit of 32,766 parameters.
+        self._conn.execute(
+            "DELETE FROM uploads WHERE capture_id = ? "
+            "AND id NOT IN (SELECT value FROM json_each(?))",
+            (cid, json.dumps(keep)),
+        )

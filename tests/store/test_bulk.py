@@ -202,3 +202,21 @@ def test_a_new_capture_forgets_nothing_and_a_reimport_replaces(tmp_path: Path) -
         assert [r for r in kept if r[3] != cid_b] == before
         sums = sum(p.bytes_up for p in b.series)
         assert sum(r[4] for r in kept if r[3] == cid_b) == sums
+
+
+def test_more_uploads_than_sqlite_takes_parameters() -> None:
+    """A capture yielding more uploads than a statement may have parameters imports, and
+    re-imports keeping each upload's id. (SQLite's default limit is 32,766; Debian builds it
+    with 250,000: the test lowers it, as another build would have it.)"""
+    src = CaptureSource(path="/tmp/many.pcap", fingerprint="m" * 64, size=1)
+    with Store.memory() as s:
+        s._conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 1000)
+        r = result()
+        r.uploads = [upload(T0 + 10 * i) for i in range(1500)]
+        s.record_analysis(src, r)
+        ids = {u.start: u.id for u in s.uploads()}
+        r.uploads = r.uploads[1:]
+        s.record_analysis(src, r)
+        again = s.uploads()
+        assert len(again) == 1499
+        assert all(ids[u.start] == u.id for u in again)
