@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from spyglass.api.client import AgentClient, AgentError, AgentUnavailable
+from spyglass.api.convert import WireUpload
 from tests.agent import running
 from tests.netlab.lan import DNS_IP, VENDOR_HOSTS, HomeLan, build_query, lan_or_skip
 
@@ -69,7 +70,7 @@ def test_live_upload_reaches_api_and_store(lab: HomeLan, tmp_path: Path) -> None
     lab.start_dns()
     lab.start_tls_server()
     proc, sock = start_agent(lab, tmp_path)
-    events: list[dict] = []
+    events: list[dict[str, Any]] = []
     client = AgentClient(str(sock), timeout=10)
     sub = client.subscribe()
     # The lab's speaker may have spoken (IPv6 router solicitations, MLD) before the
@@ -87,12 +88,13 @@ def test_live_upload_reaches_api_and_store(lab: HomeLan, tmp_path: Path) -> None
     t.start()
     speak(lab, seconds=3.0)
     deadline = time.monotonic() + 10
-    uploads = []
+    uploads: list[WireUpload] = []
     while time.monotonic() < deadline and not uploads:
         uploads = client.uploads()
         time.sleep(0.3)
     assert len(uploads) == 1, (uploads, proc)
     up = uploads[0]
+    assert isinstance(up.id, int)
     assert up.device_mac == SPEAKER_MAC
     assert up.destination == "bob-dispatch-prod-na.amazon.com"
     assert up.assistant == "alexa"
@@ -146,7 +148,7 @@ def test_vanished_interface_is_reported_not_fatal(lab: HomeLan, tmp_path: Path) 
     proc, sock = start_agent(lab, tmp_path)
     lab.delete_link(lab.gateway, "lan0")
     deadline = time.monotonic() + 10
-    problems: list[dict] = []
+    problems: list[dict[str, Any]] = []
     with AgentClient(str(sock), timeout=5) as c:
         while time.monotonic() < deadline and not problems:
             problems = [p for p in c.status()["problems"] if p["kind"] == "interface"]
