@@ -64,7 +64,7 @@ def test_store_is_closed_when_the_command_returns(cli: Cli, captures: Path, tmp_
     assert "guzzoni.apple.com" in ran.out
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("x.db")) == ["x.db"]
     with Store.open(db) as store:
-        assert [c.path for c in store.captures()] == [str(captures / HOMEPOD_FILE)]
+        assert [c.path for c in store.captures()] == [str((captures / HOMEPOD_FILE).resolve())]
 
 
 @pytest.mark.captures
