@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spyglass.cli import render
-from spyglass.cli.storeopen import StoreOpener
+from spyglass.cli.storeopen import SeriesToStore, StoreOpener
 from spyglass.core.models import Device, EndpointName, Flow, SeriesPoint, Upload
 from spyglass.store.records import CaptureSource, StatsLike, StoreError
 
@@ -143,6 +143,7 @@ def _analyze_one(
 ) -> None:
     from spyglass.core.analyze import analyze_file
     from spyglass.core.capfile import CaptureFormatError
+    from spyglass.core.parallel import WorkerFailed
 
     bar = None
     if progress is not None:
@@ -156,12 +157,23 @@ def _analyze_one(
         if bar is not None:
             bar.update(done, total)
 
-    try:
+    def analyse(sink: SeriesToStore, workers: int | None = None) -> AnalysisResult:
         with _collector_paused():
-            result = analyze_file(
-                out.path, lan=lan, vendor_lookup=lookup, progress=advance,
-                fingerprint=opener.keep, on_start=opener.start,
+            return analyze_file(
+                out.path, lan=lan, vendor_lookup=lookup, progress=advance, series_sink=sink,
+                fingerprint=opener.keep, on_start=opener.start, workers=workers,
             )
+
+    sink = SeriesToStore(opener)
+    try:
+        try:
+            result = analyse(sink)
+        except WorkerFailed:
+            # The second process died after series were staged: start again in this one.
+            sink.drop()
+            sink = SeriesToStore(opener)
+            result = analyse(sink, workers=1)
+        sink.flush()
     except CaptureFormatError as exc:
         where = "" if exc.reason.startswith("cannot read") else f" at byte {exc.offset}"
         out.error = f"{out.name}: {exc.reason}{where}; nothing was kept"
@@ -174,10 +186,12 @@ def _analyze_one(
     _judge(out)
     store = opener.get()
     if store is None or result.stats.packets == 0:
+        sink.drop()
         return
-    if not isinstance(result.fingerprint, tuple):
-        why = result.fingerprint or "no fingerprint"
-        out.warnings.append(f"{out.name}: not stored: {why}")
+    why = sink.error or (None if isinstance(result.fingerprint, tuple) else result.fingerprint)
+    if why is not None or not isinstance(result.fingerprint, tuple):
+        sink.drop()
+        out.warnings.append(f"{out.name}: not stored: {why or 'no fingerprint'}")
         out.failed = True
         return
     identity, size = result.fingerprint
@@ -185,6 +199,7 @@ def _analyze_one(
     try:
         out.capture_id = store.record_analysis(source, result)
     except StoreError as exc:
+        sink.drop()
         out.warnings.append(f"{out.name}: not stored: {exc}")
         out.failed = True
 

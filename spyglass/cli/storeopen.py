@@ -12,7 +12,10 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from spyglass.store.records import StoreError
+
 if TYPE_CHECKING:
+    from spyglass.core.models import SeriesPoint
     from spyglass.store.db import Store
 
 
@@ -58,6 +61,10 @@ class StoreOpener:
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread by get()/check()
             self._error = exc
 
+    def opened(self) -> bool:
+        """Whether the opening is over (done or failed): :meth:`get` would not wait."""
+        return self._started and (self._thread is None or not self._thread.is_alive())
+
     def check(self) -> None:
         """Raise the opening's error if it has already failed."""
         opening = self._thread is not None and self._thread.is_alive()
@@ -100,3 +107,48 @@ class StoreOpener:
             self._store = None
         except BaseException as exc:  # noqa: BLE001 - raised by close(), in the caller's thread
             self._close_error = exc
+
+
+class SeriesToStore:
+    """The ``series_sink`` of one file's analysis: the seconds that settle go to the store's
+    stage as they come (store.staging), so a long capture's series never pile up in memory.
+    Until the store is open (on its thread) they wait here; without a store they are dropped
+    (the summary does not show them).
+
+    A store that cannot be opened stops the analysis with its error, as :meth:`StoreOpener.get`
+    raises it. One that fails while staging (a full disk) does not: the rest is dropped, and
+    ``error`` says why the file cannot be stored.
+    """
+
+    def __init__(self, opener: StoreOpener) -> None:
+        self._opener = opener
+        self._waiting: list[SeriesPoint] = []
+        self.error: StoreError | None = None
+
+    def __call__(self, points: list[SeriesPoint]) -> None:
+        if self.error is None:
+            self._waiting.extend(points)
+            if self._opener.opened():
+                self.flush()
+
+    def flush(self) -> None:
+        """Stage what waits (waiting for the store to be open)."""
+        waiting, self._waiting = self._waiting, []
+        store = self._opener.get()
+        if store is None or not waiting or self.error is not None:
+            return
+        try:
+            store.stage_series(waiting)
+        except StoreError as exc:
+            self.error = exc
+            self.drop()
+
+    def drop(self) -> None:
+        """Forget what was staged: the file is not stored after all."""
+        self._waiting = []
+        store = self._opener.get()
+        if store is not None:
+            try:
+                store.drop_staged()
+            except StoreError as exc:
+                self.error = self.error or exc

@@ -16,6 +16,7 @@ from spyglass.store.records import (
     StoreError,
     error_kind,
 )
+from spyglass.store.staging import SeriesStage
 
 
 def _writable(path: Path) -> bool:
@@ -29,6 +30,7 @@ class StoreBase:
         self.db = db
         self.path = path
         self.schema_version = 0
+        self._stage: SeriesStage | None = None  # series handed over before their capture
 
     def _where(self) -> str:
         return str(self.path) if self.path is not None else ":memory:"

@@ -112,6 +112,9 @@ class Store(StoreWrites, StoreReads):
                 raise StoreError(f"store: {self._where()} was {exc}; nothing was changed") from exc
 
     def close(self) -> None:
+        if self._stage is not None:
+            self._stage.close()
+            self._stage = None
         self.db.close()
 
     def __enter__(self) -> Store:

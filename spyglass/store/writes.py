@@ -24,6 +24,7 @@ from spyglass.store.records import (
     json_list,
 )
 from spyglass.store.sql import FLOWS, IPS, NAMES, SERIES, UPLOADS, Upsert
+from spyglass.store.staging import SeriesStage
 
 Row = tuple[Any, ...]
 
@@ -96,6 +97,10 @@ class StoreWrites(StoreBase):
         if result.read_report is not None:
             problems.extend(f"byte {p.offset}: {p.message}" for p in result.read_report.problems)
         first_ts, last_ts = _span(result.flows, result.series)
+        staged = self._stage.span() if self._stage is not None and self._stage.rows else None
+        if staged is not None:
+            first_ts = min(first_ts or staged[0], staged[0])
+            last_ts = max(last_ts or staged[1] + 1, staged[1] + 1)
         with self._guard("writing", KEPT_CAPTURE), self._bulk():
             cid, old_span = self._capture_row(
                 source, result.stats.packets, first_ts, last_ts, problems
@@ -111,7 +116,24 @@ class StoreWrites(StoreBase):
                 uploads=result.uploads,
             )
             self._replace_uploads(cid, result.uploads)
+            if staged is not None and self._stage is not None:
+                self._stage.move_into(cid)
         return cid
+
+    def stage_series(self, points: Sequence[SeriesPoint]) -> None:
+        """Keep ``points`` on disk for the next :meth:`record_analysis`, which stores them
+        with its capture: the series of a long capture need not wait in memory until its
+        analysis is done. :meth:`drop_staged` forgets them (the analysis failed)."""
+        with self._guard("staging series for", KEPT_CAPTURE):
+            if self._stage is None:
+                where = self.path.parent if self.path is not None else None
+                self._stage = SeriesStage(self._conn, where)
+            self._stage.add(points)
+
+    def drop_staged(self) -> None:
+        if self._stage is not None:
+            with self._guard("clearing staged series of", KEPT_NOTHING_CHANGED):
+                self._stage.clear()
 
     def live_capture(self, name: str = "live") -> int:
         """The capture row that live traffic from ``name`` (an interface) is stored under."""

@@ -68,6 +68,31 @@ def test_store_is_closed_when_the_command_returns(cli: Cli, captures: Path, tmp_
 
 
 @pytest.mark.captures
+def test_series_go_to_the_store_as_they_settle(captures: Path, tmp_path: Path) -> None:
+    """The CLI keeps no series in memory: they are staged as they settle and stored with the
+    capture, the same rows the whole list would give."""
+    from spyglass.adapters.oui import vendor_for_mac
+    from spyglass.cli.analyze import analyze_paths
+    from spyglass.core.analyze import analyze_file
+
+    with Store.open(tmp_path / "x.db") as store:
+        report = analyze_paths([captures / HOMEPOD_FILE], store=store)
+        (out,) = report.outcomes
+        assert out.result is not None and out.result.series == [] and out.capture_id
+        stored = store._conn.execute(
+            "SELECT device_mac, remote_ip, second, bytes_up, bytes_down, packets_up, "
+            "packets_down FROM series ORDER BY 1, 2, 3"
+        ).fetchall()
+    whole = analyze_file(captures / HOMEPOD_FILE, vendor_lookup=vendor_for_mac).series
+    assert stored == sorted(
+        (p.device_mac, p.remote_ip, p.second, p.bytes_up, p.bytes_down, p.packets_up,
+         p.packets_down)
+        for p in whole
+    )
+    assert not list(tmp_path.glob(".spyglass-stage-*"))
+
+
+@pytest.mark.captures
 def test_only_the_last_files_pipeline_is_kept(captures: Path) -> None:
     """Each result may keep its pipeline (freeing a large one costs tens of ms at exit), but
     over many files they would add up: only the last file's stays."""
