@@ -76,15 +76,32 @@ def _set_bytes(words: npt.NDArray[np.uint64], index: I64) -> I64:
     return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
 
+SCAN_WINDOW = 4 << 20  # bytes compared per step of the full scan: its work array's size
+
+
 class Scratch:
-    """Reusable per-byte work arrays: fresh 4 MiB arrays per chunk cost page faults."""
+    """A reusable per-byte work array for the full scan: a fresh one per chunk costs page faults.
+
+    The scan goes through a chunk SCAN_WINDOW bytes at a time, so the array stays that small
+    whatever the chunk size. (Sized to the chunk, it and the chain marks kept 64 MB per process
+    once a 32 MB chunk had needed the scan, e.g. where a capture's seconds cross a multiple of
+    65,536 and the lanes give up.)
+    """
 
     def __init__(self) -> None:
         self._mask = np.zeros(0, np.bool_)
-        self._mark = np.zeros(0, np.bool_)
 
     def find(self, buf: bytes, lo: int, hi: int, value: int) -> I64:
         """Every position p in [lo, hi) where buf[p] == value."""
+        if hi - lo > SCAN_WINDOW:
+            parts = [
+                self._find(buf, a, min(a + SCAN_WINDOW, hi), value)
+                for a in range(lo, hi, SCAN_WINDOW)
+            ]
+            return np.concatenate(parts)
+        return self._find(buf, lo, hi, value)
+
+    def _find(self, buf: bytes, lo: int, hi: int, value: int) -> I64:
         n = hi - lo
         if n <= 0:
             return np.zeros(0, np.int64)
@@ -100,7 +117,8 @@ class Scratch:
         found: I64 = _set_bytes(words_u64[hit], hit) + lo
         return found
 
-    def chain(self, cand: I64, nxt: I64, start: int) -> tuple[I64, I64, I64]:
+    @staticmethod
+    def chain(cand: I64, nxt: I64, start: int) -> tuple[I64, I64, I64]:
         """Keep the candidates some other candidate points at (or ``start``); find breaks.
 
         A true record's successor pointer only ever lands on the true next record, so
@@ -109,16 +127,12 @@ class Scratch:
         """
         if cand.size == 0:
             return cand, nxt, np.zeros(0, np.int64)
-        span = int(nxt.max()) - start + 1
-        if self._mark.size < span:
-            self._mark = np.zeros(span + (1 << 16), np.bool_)
-        mark = self._mark
-        rel = nxt - start
-        mark[rel] = True
-        inside = cand - start
-        keep = mark[inside]
-        mark[rel] = False  # leave it clean for the next chunk
-        keep[0] |= inside[0] == 0
+        # Whether each candidate is some candidate's successor: a search in the sorted
+        # successors (a mark per byte of the chunk would take as much memory as the chunk).
+        targets = np.sort(nxt)
+        at = np.minimum(np.searchsorted(targets, cand), targets.size - 1)
+        keep = targets[at] == cand
+        keep[0] |= cand[0] == start
         cand = cand[keep]
         nxt = nxt[keep]
         brk = np.flatnonzero(nxt[:-1] != cand[1:]).astype(np.int64)

@@ -200,3 +200,38 @@ def test_walk_from_the_middle_of_a_buffer(monkeypatch: pytest.MonkeyPatch) -> No
 
     assert walks(True) == walks(False)
     assert sum(used) >= 5  # the lanes took every record start far enough from the end
+
+
+def test_full_scan_in_windows_finds_every_byte(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The full scan goes through a chunk a window at a time (so its work array stays small
+    whatever the chunk): the same positions as comparing every byte at once."""
+    from spyglass.core import recordwalk
+
+    monkeypatch.setattr(recordwalk, "SCAN_WINDOW", 1000)
+    rng = np.random.default_rng(7)
+    buf = rng.integers(0, 8, 25_000, dtype=np.uint8).tobytes()
+    arr = np.frombuffer(buf, np.uint8)
+    scratch = recordwalk.Scratch()
+    for lo, hi in [(0, 25_000), (3, 24_997), (999, 1001), (10, 10), (4_321, 20_000)]:
+        for value in (0, 5):
+            want = np.flatnonzero(arr[lo:hi] == value) + lo
+            assert np.array_equal(scratch.find(buf, lo, hi, value), want)
+    assert scratch._mask.size <= 1000 + (1 << 16)
+
+
+def test_chain_keeps_what_some_candidate_points_at() -> None:
+    from spyglass.core.recordwalk import Scratch
+
+    rng = np.random.default_rng(8)
+    for _ in range(50):
+        start = int(rng.integers(0, 100))
+        cand = np.unique(rng.integers(start, start + 5_000, 400)).astype(np.int64)
+        nxt = cand + rng.integers(16, 200, cand.size)
+        # What a mark per byte says: kept if some successor lands on it, or it is the start.
+        marked = set(nxt.tolist())
+        keep = np.array([c in marked for c in cand.tolist()])
+        keep[0] |= cand[0] == start
+        got_cand, got_nxt, brk = Scratch.chain(cand, nxt, start)
+        assert np.array_equal(got_cand, cand[keep]) and np.array_equal(got_nxt, nxt[keep])
+        assert np.array_equal(brk, np.append(np.flatnonzero(nxt[keep][:-1] != cand[keep][1:]),
+                                             keep.sum() - 1))
