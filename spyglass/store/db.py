@@ -9,13 +9,14 @@ agent drains the pipeline.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 from types import TracebackType
 
 from sqlite_utils import Database
 
-from spyglass.store import migrations, paths
+from spyglass.store import migrations, paths, staging
 from spyglass.store.reads import StoreReads
 from spyglass.store.records import (
     DEFAULT_RETENTION_DAYS,
@@ -72,6 +73,8 @@ class Store(StoreWrites, StoreReads):
             reason = exc.strerror or str(exc)
             msg = f"store: cannot create {where}: {reason}; nothing was written"
             raise StoreError(msg) from exc
+        with contextlib.suppress(OSError):
+            staging.remove_stale(db_path.parent)
         try:
             conn = sqlite3.connect(where, timeout=timeout, check_same_thread=not any_thread)
         except sqlite3.Error as exc:

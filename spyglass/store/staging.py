@@ -26,6 +26,7 @@ from spyglass.core.models import SeriesPoint
 from spyglass.store.sql import SERIES, Upsert
 
 ROWS_PER_STATEMENT = 100
+PREFIX = ".spyglass-stage-"
 _COLS = "device_mac, second, remote_ip, bytes_up, bytes_down, packets_up, packets_down"
 STAGE = Upsert(
     f"INSERT INTO stage.series ({_COLS}) VALUES",
@@ -48,7 +49,9 @@ class SeriesStage:
     must be in autocommit mode (the store's is): the stage writes commit on their own."""
 
     def __init__(self, conn: sqlite3.Connection, directory: Path | None) -> None:
-        fd, name = tempfile.mkstemp(prefix=".spyglass-stage-", suffix=".db", dir=directory)
+        # The process id in the name: a stage left by a process that was killed is removed by
+        # the next store opened beside it (remove_stale).
+        fd, name = tempfile.mkstemp(prefix=f"{PREFIX}{os.getpid()}-", suffix=".db", dir=directory)
         os.close(fd)
         self.path = Path(name)
         self._conn = conn
@@ -115,3 +118,24 @@ class SeriesStage:
             self._conn.execute("DETACH DATABASE stage")
         with contextlib.suppress(OSError):
             self.path.unlink()
+
+
+def remove_stale(directory: Path) -> list[Path]:
+    """Delete the stage files in ``directory`` whose process is gone (killed mid-analysis);
+    returns them. A file whose process still runs, or whose name says no process, stays."""
+    gone = []
+    for path in directory.glob(f"{PREFIX}*-*.db"):
+        pid_text = path.name[len(PREFIX) :].split("-", 1)[0]
+        if not pid_text.isdigit():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+            continue  # still running (or another user's process)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+            gone.append(path)
+    return gone

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import random
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,3 +74,17 @@ def test_the_stage_takes_no_lock_on_the_store(tmp_path: Path) -> None:
         other.execute("INSERT INTO settings (key, value) VALUES ('x', '1')")
         other.commit()
         other.close()
+
+
+def test_a_killed_analysis_leaves_no_stage_behind(tmp_path: Path) -> None:
+    """A stage file whose process is gone (killed mid-analysis) is removed by the next store
+    opened beside it; a running process's stays."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".spyglass-stage-{dead.pid}-abc.db"
+    live = tmp_path / f".spyglass-stage-{os.getpid()}-def.db"
+    stale.write_bytes(b"x")
+    live.write_bytes(b"x")
+    with Store.open(tmp_path / "s.db"):
+        pass
+    assert not stale.exists() and live.exists()
