@@ -188,10 +188,10 @@ def _analyze_one(
     if store is None or result.stats.packets == 0:
         sink.drop()
         return
-    why = sink.error or (None if isinstance(result.fingerprint, tuple) else result.fingerprint)
-    if why is not None or not isinstance(result.fingerprint, tuple):
+    if sink.error is not None or not isinstance(result.fingerprint, tuple):
+        why = sink.error or result.fingerprint or "no fingerprint"
         sink.drop()
-        out.warnings.append(f"{out.name}: not stored: {why or 'no fingerprint'}")
+        out.warnings.append(f"{out.name}: not stored: {why}")
         out.failed = True
         return
     identity, size = result.fingerprint

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from spyglass.core.models import SeriesPoint
 from spyglass.store.db import Store
 from tests.cli.conftest import Ran
 from tests.conftest import mounted_tmpfs
@@ -275,3 +276,35 @@ def test_disk_full_while_storing(
     assert "home.pcap: " in ran.out and f"{ECHO_FILE}: 2,778 packets" in ran.out
     with Store.open(db) as store:
         assert [Path(c.path).name for c in store.captures()] == [ECHO_FILE]
+
+
+@pytest.mark.captures
+def test_a_full_disk_while_staging_series(
+    cli: Cli, captures: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stage filling up (SQLite's own error, raised where it would be) makes that file
+    'not stored' with the reason; the summary still shows it and the other file is stored
+    whole."""
+    import sqlite3
+
+    from spyglass.store import staging
+
+    real_add = staging.SeriesStage.add
+    calls: list[int] = []
+
+    def add(self: staging.SeriesStage, points: list[SeriesPoint]) -> None:
+        calls.append(len(points))
+        if len(calls) == 1:  # the first file's first series
+            raise sqlite3.OperationalError("database or disk is full")
+        real_add(self, points)
+
+    monkeypatch.setattr(staging.SeriesStage, "add", add)
+    db = tmp_path / "x.db"
+    ran = cli("analyze", "--db", db, captures / HOMEPOD_FILE, captures / ECHO_FILE)
+    assert ran.rc == 1
+    assert f"{HOMEPOD_FILE}: not stored: store: disk full staging series for {db}" in ran.err
+    assert f"{HOMEPOD_FILE}: 4,257 packets" in ran.out
+    with Store.open(db) as store:
+        assert [Path(c.path).name for c in store.captures()] == [ECHO_FILE]
+        assert store._conn.execute("SELECT COUNT(*) FROM series").fetchone()[0] > 0
+    assert not list(tmp_path.glob(".spyglass-stage-*"))
