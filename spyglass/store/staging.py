@@ -19,22 +19,17 @@ import os
 import sqlite3
 import tempfile
 from collections.abc import Iterator, Sequence
-from itertools import batched, chain
 from pathlib import Path
 
 from spyglass.core.models import SeriesPoint
-from spyglass.store.sql import SERIES, Upsert
+from spyglass.store.sql import SERIES, SERIES_SUMS, Upsert, upsert_all
 
-ROWS_PER_STATEMENT = 100
 PREFIX = ".spyglass-stage-"
 _COLS = "device_mac, second, remote_ip, bytes_up, bytes_down, packets_up, packets_down"
 STAGE = Upsert(
     f"INSERT INTO stage.series ({_COLS}) VALUES",
     7,
-    "ON CONFLICT (device_mac, second, remote_ip) DO UPDATE SET "
-    "bytes_up = bytes_up + excluded.bytes_up, bytes_down = bytes_down + excluded.bytes_down, "
-    "packets_up = packets_up + excluded.packets_up, "
-    "packets_down = packets_down + excluded.packets_down",
+    "ON CONFLICT (device_mac, second, remote_ip) DO UPDATE SET " + SERIES_SUMS,
 )
 
 
@@ -73,17 +68,9 @@ class SeriesStage:
         if not points:
             return
         conn = self._conn
-        whole = len(points) - len(points) % ROWS_PER_STATEMENT
         conn.execute("BEGIN")
         try:
-            if whole:
-                values = chain.from_iterable(_rows(points[:whole]))
-                conn.executemany(
-                    STAGE.rows(ROWS_PER_STATEMENT),
-                    batched(values, ROWS_PER_STATEMENT * STAGE.width),
-                )
-            if whole < len(points):
-                conn.executemany(STAGE.one, _rows(points[whole:]))
+            upsert_all(conn, STAGE, points, _rows)
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):

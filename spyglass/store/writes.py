@@ -6,9 +6,8 @@ import json
 import math
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from itertools import batched, chain
 from operator import attrgetter
 from typing import Any
 
@@ -23,45 +22,25 @@ from spyglass.store.records import (
     CaptureSource,
     json_list,
 )
-from spyglass.store.sql import FLOWS, IPS, NAMES, SERIES, UPLOADS, Upsert
+from spyglass.store.sql import FLOWS, IPS, NAMES, SERIES, UPLOADS, upsert_all
 from spyglass.store.staging import SeriesStage
 
 Row = tuple[Any, ...]
 
-# Rows per multi-row statement. 33,340 names of a DNS-heavy capture: 584M instructions one row
-# per step, 439M 100 rows per step; its 10,425 series rows 173M -> 125M (callgrind, the
-# tuples made as they are bound; 32 to 300 rows per step do about as well). With the statement
-# journals in memory (_bulk), record_analysis of that capture: 771M -> 641M.
-CHUNK_ROWS = 100
 _SERIES_KEY = attrgetter("device_mac", "second", "remote_ip")  # the series primary key
 
 
-def _upsert_all[T](
-    conn: sqlite3.Connection,
-    upsert: Upsert,
-    items: Sequence[T],
-    rows: Callable[[Sequence[T]], Iterable[Row]],
-) -> None:
-    """Upsert ``rows(items)``: CHUNK_ROWS rows per statement, the rest one at a time.
-
-    ``rows`` gives a generator, so each row tuple is gone once bound (no list of them to
-    build, or for the garbage collector to walk).
-    """
-    whole = len(items) - len(items) % CHUNK_ROWS
-    if whole:
-        values = chain.from_iterable(rows(items[:whole]))
-        conn.executemany(upsert.rows(CHUNK_ROWS), batched(values, CHUNK_ROWS * upsert.width))
-    if whole < len(items):
-        conn.executemany(upsert.one, rows(items[whole:]))
-
-
 def _span(
-    flows: Sequence[Flow], series: Sequence[SeriesPoint]
+    flows: Sequence[Flow], series: Sequence[SeriesPoint], staged: tuple[int, int] | None = None
 ) -> tuple[float | None, float | None]:
+    """A capture's first and last time: its flows', and the seconds of its series (those in
+    ``series`` and the ``staged`` first and last)."""
     starts = [f.first_seen for f in flows if f.first_seen]
     ends = [f.last_seen for f in flows if f.last_seen]
-    if series:
-        seconds = [p.second for p in series]
+    seconds = [p.second for p in series]
+    if staged is not None:
+        seconds += staged
+    if seconds:
         starts.append(float(min(seconds)))
         ends.append(float(max(seconds) + 1))
     return (min(starts) if starts else None), (max(ends) if ends else None)
@@ -96,11 +75,8 @@ class StoreWrites(StoreBase):
         problems = list(result.stats.problems)
         if result.read_report is not None:
             problems.extend(f"byte {p.offset}: {p.message}" for p in result.read_report.problems)
-        first_ts, last_ts = _span(result.flows, result.series)
         staged = self._stage.span() if self._stage is not None and self._stage.rows else None
-        if staged is not None:
-            first_ts = min(first_ts or staged[0], staged[0])
-            last_ts = max(last_ts or staged[1] + 1, staged[1] + 1)
+        first_ts, last_ts = _span(result.flows, result.series, staged)
         with self._guard("writing", KEPT_CAPTURE), self._bulk():
             cid, old_span = self._capture_row(
                 source, result.stats.packets, first_ts, last_ts, problems
@@ -358,12 +334,12 @@ class StoreWrites(StoreBase):
         stubs |= {u.device_mac for u in uploads}
         stubs -= seen
         conn.executemany("INSERT OR IGNORE INTO devices (mac) VALUES (?)", [(m,) for m in stubs])
-        _upsert_all(
+        upsert_all(
             conn, NAMES, names,
             lambda ns: ((n.device_mac, n.ip, n.name, n.source, n.first_seen, n.last_seen)
                         for n in ns),
         )
-        _upsert_all(
+        upsert_all(
             conn, FLOWS, flows,
             lambda fs: (
                 (
@@ -377,7 +353,7 @@ class StoreWrites(StoreBase):
         # In primary-key order: each insert then lands at the end of the table's b-tree
         # instead of anywhere in it (10,425 rows of the 5 %-DNS file: 28 -> 14 ms).
         series = sorted(series, key=_SERIES_KEY)
-        _upsert_all(
+        upsert_all(
             conn, SERIES, series,
             lambda ps: (
                 (

@@ -11,9 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spyglass.core.models import EndpointName, Flow, SeriesPoint
-from spyglass.store import writes
 from spyglass.store.db import CaptureSource, Store
-from spyglass.store.sql import FLOWS, NAMES, SERIES
+from spyglass.store.sql import CHUNK_ROWS, FLOWS, NAMES, SERIES
 from tests.store.helpers import result, upload
 
 MACS = ("aa:bb:cc:00:00:01", "aa:bb:cc:00:00:02")
@@ -102,7 +101,7 @@ def write_one_by_one(
 
 
 # Up to a few whole chunks and a remainder, per table and batch.
-sizes = st.lists(st.integers(0, 3 * writes.CHUNK_ROWS + 7), min_size=6, max_size=6)
+sizes = st.lists(st.integers(0, 3 * CHUNK_ROWS + 7), min_size=6, max_size=6)
 
 
 @settings(max_examples=40, deadline=None)
@@ -125,12 +124,12 @@ def test_live_batches_match_one_row_per_statement(seed: int, n: list[int]) -> No
 def test_statement_sizes() -> None:
     assert NAMES.rows(3).count("(?,?,?,?,?,?)") == 3
     assert NAMES.one.count("?") == NAMES.width
-    assert SERIES.rows(writes.CHUNK_ROWS).count("?") == writes.CHUNK_ROWS * SERIES.width
+    assert SERIES.rows(CHUNK_ROWS).count("?") == CHUNK_ROWS * SERIES.width
 
 
 def test_many_uploads_keep_ids_and_verdicts_on_reimport() -> None:
     src = CaptureSource(path="/tmp/u.pcap", fingerprint="u" * 64, size=1)
-    first = [upload(T0 + i) for i in range(2 * writes.CHUNK_ROWS + 30)]
+    first = [upload(T0 + i) for i in range(2 * CHUNK_ROWS + 30)]
     first.append(upload(T0 + 5, nbytes=99))  # same key as an earlier one: it replaces it
     with Store.memory() as s:
         r = result()
@@ -142,7 +141,7 @@ def test_many_uploads_keep_ids_and_verdicts_on_reimport() -> None:
         ids = {u.start: u.id for u in stored}
         s.set_verdict(ids[T0 + 8], "me")
         # Found again: the even ones and new ones; the odd ones are no longer found.
-        r.uploads = [upload(T0 + i) for i in range(0, 2 * writes.CHUNK_ROWS + 30, 2)]
+        r.uploads = [upload(T0 + i) for i in range(0, 2 * CHUNK_ROWS + 30, 2)]
         r.uploads += [upload(T0 + 10_000 + i) for i in range(3)]
         s.record_analysis(src, r)
         again = s.uploads()
