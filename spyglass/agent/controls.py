@@ -93,17 +93,17 @@ class Command:
         self._state = "queued"  # -> "taken" (it runs) or "cancelled" (it never will)
 
     def take(self) -> bool:
-        with self._lock:
-            if self._state != "queued":
-                return False
-            self._state = "taken"
-            return True
+        return self._leave_queue("taken")
 
     def cancel(self) -> bool:
+        return self._leave_queue("cancelled")
+
+    def _leave_queue(self, state: str) -> bool:
+        """Move from "queued" to ``state``; False if the other side got there first."""
         with self._lock:
             if self._state != "queued":
                 return False
-            self._state = "cancelled"
+            self._state = state
             return True
 
     def finish(self, ok: bool, value: Any) -> None:
