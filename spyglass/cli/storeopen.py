@@ -4,6 +4,9 @@ Importing sqlite-utils and opening (migrating) the database take about 0.2 s, a 
 analysing a 1M-packet file; the reading runs in another process, so this thread hides them. The
 thread starts only once that process exists: forking while a thread is importing could leave the
 child waiting forever on an import lock the thread held.
+
+Closing goes on a thread too (:meth:`StoreOpener.close_soon`), and :class:`SeriesToStore`
+hands the series to the store, once it is open, as they settle.
 """
 
 from __future__ import annotations
